@@ -1,0 +1,96 @@
+"""Ray Tune ↔ Optuna: objectives, constraints that reach the sampler, and the divergence stopper.
+
+Ray's ``OptunaSearch`` tells Optuna only the objective values. :class:`ConstrainedOptunaSearch`
+records each constraint on the Optuna trial (``Trial.set_constraint``, Optuna 5's replacement
+for the deprecated ``constraints_func``) just before the trial is told, so the TPE and NSGA-II
+samplers learn which region is infeasible.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
+
+from search.spec import StudySpec
+
+logger = logging.getLogger(__name__)
+
+INSTABILITY = "instability_score"
+
+
+def objective_names(spec: StudySpec) -> list[str]:
+    """Both minimised: the detector's instability score, then the configured cost."""
+    return [INSTABILITY, spec.objectives.cost]
+
+
+def constraint_values(spec: StudySpec, result: dict[str, Any]) -> list[float]:
+    """Optuna's convention: each value ``<= 0`` is satisfied. A diverged run violates the first."""
+    values = [float(result.get("diverged", 1.0))]
+    limits = spec.constraints
+    if limits.min_val_accuracy is not None:
+        values.append(limits.min_val_accuracy - float(result.get("val_accuracy", 0.0)))
+    if limits.max_peak_memory_mb is not None:
+        values.append(float(result.get("peak_memory_mb", float("inf"))) - limits.max_peak_memory_mb)
+    return values
+
+
+def constraint_names(spec: StudySpec) -> list[str]:
+    names = ["not_diverged"]
+    if spec.constraints.min_val_accuracy is not None:
+        names.append("min_val_accuracy")
+    if spec.constraints.max_peak_memory_mb is not None:
+        names.append("max_peak_memory_mb")
+    return names
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that stores each trial's constraint values before telling Optuna."""
+
+    def __init__(self, *args: Any, spec_json: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._spec_json = spec_json  # a string pickles with the searcher state on restore
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            spec = StudySpec.model_validate_json(self._spec_json)
+            ot_trial = self._ot_trials[trial_id]
+            values = constraint_values(spec, result)
+            for name, value in zip(constraint_names(spec), values, strict=True):
+                ot_trial.set_constraint(name, value)
+            ot_trial.set_user_attr("diverged", bool(result.get("diverged", 0.0)))
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    search = spec.search
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            seed=search.seed,
+            population_size=max(4, min(50, search.num_trials // 2)),
+        )
+    return optuna.samplers.TPESampler(
+        seed=search.seed,
+        n_startup_trials=max(2, min(10, search.num_trials // 3)),
+        multivariate=True,
+        group=True,  # conditional thresholds: one group per clipping method
+    )
+
+
+class DivergenceStopper(Stopper):
+    """Ends a trial the moment a report says ``diverged``; the trial's last report (with its
+    finite penalty values) is what Optuna is told, so the front is not distorted."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return float(result.get("diverged", 0.0)) >= 1.0
+
+    def stop_all(self) -> bool:
+        return False

@@ -1,0 +1,94 @@
+"""The search space as an Optuna define-by-run function, and its inverse: trial → TrainConfig.
+
+Parameter names Optuna sees (and the trial table shows): ``clip_method``, one conditional
+threshold per method (``max_norm``, ``clip_value``, ``agc_clipping``, ``autoclip_percentile``,
+``zclip_z_threshold``), ``precision``, ``activation_checkpointing``, ``learning_rate`` and any
+``extra`` training setting the spec adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from search.spec import FloatRange, SearchSpace
+from train_loops.config import TrainConfig
+
+# clip method → (Optuna parameter name, the policy's own key)
+CLIP_PARAMETERS: dict[str, tuple[str, str] | None] = {
+    "none": None,
+    "norm": ("max_norm", "max_norm"),
+    "value": ("clip_value", "clip_value"),
+    "agc": ("agc_clipping", "clipping"),
+    "autoclip": ("autoclip_percentile", "percentile"),
+    "zclip": ("zclip_z_threshold", "z_threshold"),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedSpace:
+    """A :class:`SearchSpace` with the probe's ranges filled in for norm and value clipping."""
+
+    space: SearchSpace
+    max_norm: FloatRange
+    clip_value: FloatRange
+
+    def range_for(self, parameter: str) -> FloatRange:
+        if parameter == "max_norm":
+            return self.max_norm
+        if parameter == "clip_value":
+            return self.clip_value
+        return getattr(self.space.clipping, parameter)
+
+    def __call__(self, trial: Any) -> None:
+        """The define-by-run function ``OptunaSearch(space=...)`` calls with each new trial.
+
+        A method, not a closure, so Tune can pickle the searcher with its state."""
+        space = self.space
+        method = trial.suggest_categorical("clip_method", list(space.clipping.methods))
+        parameter = CLIP_PARAMETERS[method]
+        if parameter is not None:
+            _suggest(trial, parameter[0], self.range_for(parameter[0]))
+        trial.suggest_categorical("precision", list(space.precision))
+        trial.suggest_categorical("activation_checkpointing", list(space.activation_checkpointing))
+        if space.learning_rate is not None:
+            _suggest(trial, "learning_rate", space.learning_rate)
+        for name, choice in space.extra.items():
+            if isinstance(choice, FloatRange):
+                _suggest(trial, name, choice)
+            else:
+                trial.suggest_categorical(name, list(choice))
+
+
+def _suggest(trial: Any, name: str, bounds: FloatRange) -> float:
+    return trial.suggest_float(name, bounds.low, bounds.high, log=bounds.log)
+
+
+def trial_train_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """Apply a trial's flat parameters (as Optuna named them) to the shared training config."""
+    params = dict(params)
+    changes: dict[str, Any] = {}
+    method = params.pop("clip_method", None)
+    if method is not None:
+        clipping: dict[str, Any] = {"method": method}
+        parameter = CLIP_PARAMETERS[method]
+        if parameter is not None:
+            clipping[parameter[1]] = params.pop(parameter[0])
+        changes["clipping"] = clipping
+    for name, _ in (p for p in CLIP_PARAMETERS.values() if p is not None):
+        params.pop(name, None)  # another method's threshold: not this trial's
+    changes.update(params)
+    return TrainConfig.from_dict({**base.to_dict(), **changes})
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """``norm(max_norm=0.84) fp16 ac=2 lr=3.1e-03`` — one trial's settings, short."""
+    method = params.get("clip_method", "?")
+    parameter = CLIP_PARAMETERS.get(method)
+    clip = method
+    if parameter is not None and parameter[0] in params:
+        clip += f"({parameter[1]}={params[parameter[0]]:.3g})"
+    parts = [clip, str(params.get("precision", "")), f"ac={params.get('activation_checkpointing')}"]
+    if "learning_rate" in params:
+        parts.append(f"lr={params['learning_rate']:.2e}")
+    return " ".join(parts)

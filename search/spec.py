@@ -1,0 +1,225 @@
+"""The study spec: a YAML file or Python objects, validated by pydantic (unknown keys refused).
+
+Example::
+
+    spec = StudySpec.from_yaml("studies/digits.yaml")
+    spec = StudySpec(name="digits", search=SearchSection(num_trials=8))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from train_loops.config import TrainConfig
+from train_loops.data import DataSpec
+from train_loops.models import ModelSpec
+
+CLIP_METHODS = ("none", "norm", "value", "agc", "autoclip", "zclip")
+
+
+class SpecError(ValueError):
+    """A study file that cannot be used; the message names the field and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Strict):
+    """A float searched between ``low`` and ``high`` (log scale when ``log``)."""
+
+    low: float
+    high: float
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class DataSection(_Strict):
+    source: str = Field("digits", description="'digits' or a Parquet file/directory")
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 0
+
+    def to_data_spec(self) -> DataSpec:
+        return DataSpec(
+            source=self.source,
+            label_column=self.label_column,
+            feature_columns=tuple(self.feature_columns) if self.feature_columns else None,
+            validation_fraction=self.validation_fraction,
+            test_fraction=self.test_fraction,
+            seed=self.seed,
+        )
+
+
+class ModelSection(_Strict):
+    name: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSection(_Strict):
+    """Training settings every trial shares (the search overrides the ones it explores)."""
+
+    epochs: int = Field(4, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    global_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    clipping: dict[str, Any] = Field(default_factory=lambda: {"method": "none"})
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    activation_checkpointing: int = Field(0, ge=0)
+    stability: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    report_every_steps: int = Field(20, ge=1)
+    checkpoint_every_steps: int = Field(40, ge=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(0, ge=0)
+    price_per_worker_hour: float = Field(0.10, ge=0)
+    data_loader: Literal["arrow", "ray_data"] = "arrow"
+
+
+class ClipSpace(_Strict):
+    """Which clipping methods to try, and each one's own parameter range.
+
+    ``norm``/``value`` ranges default to ``"probe"``: a log range around the quantiles of the
+    gradient norms a short unclipped probe run measured (see :class:`ProbeSection`).
+    """
+
+    methods: list[Literal["none", "norm", "value", "agc", "autoclip", "zclip"]] = Field(
+        default_factory=lambda: list(CLIP_METHODS), min_length=1
+    )
+    max_norm: FloatRange | Literal["probe"] = "probe"
+    clip_value: FloatRange | Literal["probe"] = "probe"
+    agc_clipping: FloatRange = FloatRange(low=0.005, high=0.2)
+    autoclip_percentile: FloatRange = FloatRange(low=1.0, high=50.0, log=False)
+    zclip_z_threshold: FloatRange = FloatRange(low=1.5, high=4.0, log=False)
+
+
+class SearchSpace(_Strict):
+    clipping: ClipSpace = Field(default_factory=ClipSpace)
+    precision: list[Literal["fp32", "bf16", "fp16"]] = Field(
+        default_factory=lambda: ["fp32", "bf16", "fp16"], min_length=1
+    )
+    activation_checkpointing: list[int] = Field(default_factory=lambda: [0, 2], min_length=1)
+    learning_rate: FloatRange | None = FloatRange(low=3e-4, high=3e-2)
+    extra: dict[str, FloatRange | list[Any]] = Field(
+        default_factory=dict,
+        description="more training settings to search: a range or a list of choices",
+    )
+
+    @model_validator(mode="after")
+    def _known_extras(self) -> SearchSpace:
+        unknown = sorted(set(self.extra) - set(TrainingSection.model_fields))
+        if unknown:
+            raise ValueError(f"extra names unknown training setting(s): {', '.join(unknown)}")
+        return self
+
+
+class ProbeSection(_Strict):
+    """The short unclipped run whose gradient norms set the norm/value clip ranges."""
+
+    steps: int = Field(60, ge=5)
+    low_quantile: float = Field(0.10, gt=0, lt=1)
+    high_quantile: float = Field(0.999, gt=0, le=1)
+
+
+class SearchSection(_Strict):
+    num_trials: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    probe: ProbeSection = Field(default_factory=ProbeSection)
+    stop_on_divergence: bool = True
+
+
+class ObjectivesSection(_Strict):
+    """Both objectives are minimised: instability (the detector's score) and cost."""
+
+    cost: Literal["cost_dollars", "device_seconds"] = "cost_dollars"
+
+
+class ConstraintsSection(_Strict):
+    min_val_accuracy: float | None = Field(0.8, ge=0, le=1)
+    max_peak_memory_mb: float | None = Field(None, gt=0)
+
+
+class SelectionSection(_Strict):
+    policy: Literal["knee", "cheapest_within"] = "knee"
+    tolerance: float = Field(0.1, ge=0, description="cheapest_within: instability slack")
+
+
+class FinalFitSection(_Strict):
+    enabled: bool = False
+    num_workers: int = Field(2, ge=1)
+    epochs: int | None = Field(None, ge=1)
+
+
+class StudySpec(_Strict):
+    """A whole study: data, model, shared training settings, search, objectives, selection."""
+
+    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    storage: str = Field("runs", description="directory for Tune results and the Optuna journal")
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    search: SearchSection = Field(default_factory=SearchSection)
+    objectives: ObjectivesSection = Field(default_factory=ObjectivesSection)
+    constraints: ConstraintsSection = Field(default_factory=ConstraintsSection)
+    selection: SelectionSection = Field(default_factory=SelectionSection)
+    final_fit: FinalFitSection = Field(default_factory=FinalFitSection)
+
+    @classmethod
+    def from_yaml(cls, path: Path | str) -> StudySpec:
+        """Read and validate a YAML study file; :class:`SpecError` names the field."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise SpecError(f"{path}: cannot read: {error.strerror}") from error
+        except yaml.YAMLError as error:
+            raise SpecError(f"{path}: not valid YAML: {error}") from error
+        if not isinstance(values, dict):
+            raise SpecError(f"{path}: expected a mapping of settings at the top level")
+        return cls.from_dict(values, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str = "study") -> StudySpec:
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise SpecError(f"{origin}: {describe_validation_error(error)}") from None
+
+    def train_config(self, dataset_dir: Path | str, **overrides: Any) -> TrainConfig:
+        """The shared training settings as the typed object the loop takes."""
+        values = {**self.training.model_dump(), **overrides}
+        values["model"] = ModelSpec(self.model.name, dict(self.model.options))
+        return TrainConfig(dataset_dir=str(dataset_dir), **values)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """The first problem as ``field.path: what is wrong``, in one line."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {location!r}"
+    if first["type"] == "missing":
+        return f"missing key {location!r}"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{location}: {message}{more}"

@@ -1,0 +1,278 @@
+"""The study: spec → probe → Ray Tune + Optuna → trial table → Pareto front → winner.
+
+Example::
+
+    study = Study.from_yaml("studies/digits.yaml")
+    result = study.run()          # resumable: the same call continues a killed study
+    result.pareto_front, result.winner, result.tune, result.optuna
+
+Layout of ``<storage>/<name>/``: ``data/`` (prepared Parquet splits), ``probe.json``,
+``optuna.journal`` (open it with ``optuna-dashboard``), ``tune/`` (Tune's experiment),
+``train/`` (Ray Train runs of N-worker trials), ``final/`` (the winner's final fit) and
+``report/`` (trials.parquet, pareto.png, report.html).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import ray
+import ray.tune
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from policies.selection import Candidate, build_selection_policy, pareto_indices
+from search.optuna_wiring import (
+    ConstrainedOptunaSearch,
+    DivergenceStopper,
+    build_sampler,
+    constraint_names,
+    constraint_values,
+    objective_names,
+)
+from search.probe import ProbeResult, load_or_probe
+from search.space import ResolvedSpace, describe_params
+from search.spec import StudySpec
+from search.trainable import run_trial, trial_resources
+from train_loops.config import TrainConfig
+from train_loops.data import PreparedDataset, prepare_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyResult:
+    """What a study hands over. ``tune`` and ``optuna`` are Ray's and Optuna's own objects."""
+
+    spec: StudySpec
+    directory: Path
+    trials: pd.DataFrame
+    """One row per trial: parameters, final metrics, constraints, feasible, on_front, winner."""
+    pareto_front: pd.DataFrame
+    """The feasible, non-dominated rows of ``trials`` (instability, cost both minimised)."""
+    winner: pd.Series | None
+    winner_reason: str
+    probe: ProbeResult
+    tune: ray.tune.ResultGrid
+    optuna: optuna.Study
+    final_checkpoint: Path | None = None
+
+    @property
+    def winner_config(self) -> TrainConfig | None:
+        if self.winner is None:
+            return None
+        return TrainConfig.from_dict(self.winner["train_config"])
+
+
+class Study:
+    """A multi-objective search over clipping, precision and activation checkpointing."""
+
+    def __init__(self, spec: StudySpec, *, callbacks: Sequence[ray.tune.Callback] = ()) -> None:
+        self.spec = spec
+        self.directory = Path(spec.storage).resolve() / spec.name
+        self.callbacks = list(callbacks)
+
+    @classmethod
+    def from_yaml(cls, path: Path | str, **kwargs: Any) -> Study:
+        return cls(StudySpec.from_yaml(path), **kwargs)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.directory / "optuna.journal"
+
+    def prepare(self) -> tuple[PreparedDataset, TrainConfig, ProbeResult]:
+        """Validate and split the data, build the shared config, run (or reload) the probe."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        dataset = prepare_dataset(self.spec.data.to_data_spec(), self.directory / "data")
+        base = self.spec.train_config(dataset.root)
+        probe = load_or_probe(self.directory / "probe.json", base, self.spec.search.probe)
+        return dataset, base, probe
+
+    def run(self) -> StudyResult:
+        """Run the study to ``num_trials`` completed trials, continuing a killed one."""
+        _dataset, base, probe = self.prepare()
+        if not ray.is_initialized():
+            ray.init()
+        tuner = self._tuner(base, probe)
+        grid = tuner.fit()
+        study = optuna.load_study(study_name=self.spec.name, storage=self._storage())
+        result = self._result(grid, study, probe)
+        if self.spec.final_fit.enabled and result.winner is not None:
+            result.final_checkpoint = self.final_fit(result.winner_config)
+        from search.report import write_report
+
+        write_report(result)
+        return result
+
+    def _storage(self) -> JournalStorage:
+        return JournalStorage(JournalFileBackend(str(self.journal_path)))
+
+    def _tuner(self, base: TrainConfig, probe: ProbeResult) -> ray.tune.Tuner:
+        trainable = ray.tune.with_resources(
+            run_trial, ray.tune.PlacementGroupFactory(_bundles(trial_resources(base)))
+        )
+        experiment = self.directory / "tune"
+        if ray.tune.Tuner.can_restore(str(experiment)):
+            logger.info("continuing study %s from %s", self.spec.name, experiment)
+            return ray.tune.Tuner.restore(
+                str(experiment),
+                trainable=trainable,
+                resume_errored=True,
+                param_space=self._param_space(base),
+            )
+        norm_range, value_range = probe.ranges()
+        space = ResolvedSpace(self.spec.search.space, max_norm=norm_range, clip_value=value_range)
+        searcher = ConstrainedOptunaSearch(
+            space=space,
+            metric=objective_names(self.spec),
+            mode=["min", "min"],
+            sampler=build_sampler(self.spec),
+            study_name=self.spec.name,
+            storage=self._storage(),
+            spec_json=self.spec.model_dump_json(),
+        )
+        stop = DivergenceStopper() if self.spec.search.stop_on_divergence else None
+        return ray.tune.Tuner(
+            trainable,
+            param_space=self._param_space(base),
+            tune_config=ray.tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=self.spec.search.num_trials,
+                max_concurrent_trials=self._concurrency(base),
+            ),
+            run_config=ray.tune.RunConfig(
+                name="tune",
+                storage_path=str(self.directory),
+                stop=stop,
+                callbacks=self.callbacks,
+                verbose=0,
+                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+
+    def _param_space(self, base: TrainConfig) -> dict[str, Any]:
+        return {"train": base.to_dict(), "train_storage": str(self.directory / "train")}
+
+    def _concurrency(self, base: TrainConfig) -> int:
+        if self.spec.search.max_concurrent_trials is not None:
+            return self.spec.search.max_concurrent_trials
+        resources = ray.cluster_resources()
+        if base.use_gpu:
+            per_trial, available = base.num_workers, resources.get("GPU", 0)
+        else:
+            per_trial, available = base.num_workers * base.cpus_per_worker, resources.get("CPU", 1)
+        return max(1, int(available // per_trial))
+
+    def _result(
+        self, grid: ray.tune.ResultGrid, study: optuna.Study, probe: ProbeResult
+    ) -> StudyResult:
+        trials = trial_table(self.spec, grid)
+        front = trials[trials["on_front"]] if len(trials) else trials
+        winner, reason = None, "no feasible trial"
+        if len(front):
+            policy = build_selection_policy(
+                self.spec.selection.policy, self.spec.selection.tolerance
+            )
+            cost = self.spec.objectives.cost
+            selection = policy(
+                [
+                    Candidate(row.trial_id, row.instability_score, row[cost])
+                    for _, row in front.iterrows()
+                ]
+            )
+            trials["winner"] = trials["trial_id"] == selection.key
+            winner = trials[trials["winner"]].iloc[0]
+            reason = selection.reason
+            front = trials[trials["on_front"]]
+        return StudyResult(
+            spec=self.spec,
+            directory=self.directory,
+            trials=trials,
+            pareto_front=front,
+            winner=winner,
+            winner_reason=reason,
+            probe=probe,
+            tune=grid,
+            optuna=study,
+        )
+
+    def final_fit(self, config: TrainConfig) -> Path:
+        """Re-train the winner with ``final_fit.num_workers`` data-parallel workers."""
+        from train_loops.trainer import build_trainer
+
+        fit = self.spec.final_fit
+        config = config.replace(
+            num_workers=fit.num_workers,
+            epochs=fit.epochs or config.epochs,
+            global_batch_size=_divisible(config.global_batch_size, fit.num_workers),
+        )
+        result = build_trainer(config, storage_path=self.directory, name="final").fit()
+        if result.error is not None:
+            raise result.error
+        return Path(result.checkpoint.path)
+
+
+def trial_table(spec: StudySpec, grid: ray.tune.ResultGrid) -> pd.DataFrame:
+    """One row per trial from Tune's results; feasibility and the front computed from it."""
+    rows = []
+    for result in grid:
+        config = result.config or {}
+        params = {k: v for k, v in config.items() if k not in ("train", "train_storage")}
+        metrics = dict(result.metrics or {})
+        row: dict[str, Any] = {
+            "trial_id": metrics.get("trial_id", (result.path or "").rsplit("_", 1)[-1]),
+            "status": "ERROR" if result.error else "TERMINATED",
+            "settings": describe_params(params),
+            **{f"param_{k}": v for k, v in params.items()},
+        }
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                row[key] = float(value)
+        row["trial_id"] = str(metrics.get("trial_id", row["trial_id"]))
+        constraints = constraint_values(spec, metrics) if metrics else [1.0]
+        for name, value in zip(constraint_names(spec), constraints, strict=False):
+            row[f"constraint_{name}"] = value
+        row["feasible"] = bool(metrics) and not result.error and all(c <= 0 for c in constraints)
+        row["diverged"] = float(metrics.get("diverged", 0.0))
+        row["stopped_early"] = float(metrics.get("step", 0)) < float(
+            metrics.get("steps_planned", 0)
+        )
+        row["train_config"] = _trial_config(config, params)
+        row["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table.sort_values("trial_id").reset_index(drop=True)
+    cost = spec.objectives.cost
+    table["on_front"] = False
+    feasible = table[table["feasible"]]
+    if len(feasible):
+        points = list(zip(feasible["instability_score"], feasible[cost], strict=True))
+        front_rows = feasible.index[pareto_indices(points)]
+        table.loc[front_rows, "on_front"] = True
+    table["winner"] = False
+    return table
+
+
+def _trial_config(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any] | None:
+    if "train" not in config:
+        return None
+    from search.space import trial_train_config
+
+    return trial_train_config(TrainConfig.from_dict(config["train"]), params).to_dict()
+
+
+def _bundles(resources: dict[str, float] | list[dict[str, float]]) -> list[dict[str, float]]:
+    return resources if isinstance(resources, list) else [resources]
+
+
+def _divisible(global_batch: int, workers: int) -> int:
+    return max(workers, math.ceil(global_batch / workers) * workers)

@@ -1,0 +1,290 @@
+"""The training loop every trial and every final fit runs. It never imports Ray.
+
+The same function runs in-process (one-worker trials, unit tests) and inside each Ray Train
+worker; what differs is passed in: a :class:`WorkerContext` (rank, device, DDP wrapping,
+all-reduce), a batch source and a reporter.
+
+The step reads top to bottom: autocast → scaled backward → unscale → clip (on the all-reduced
+gradient: DDP has averaged it during backward) → scaler step/update → ``zero_grad``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from policies import (
+    ActivationCheckpointing,
+    SavedTensorBytes,
+    StabilityConfig,
+    StabilityDetector,
+    build_clip_policy,
+    build_precision,
+)
+from train_loops.batches import BatchSource, evaluate
+from train_loops.checkpoint import rng_state, set_rng_state
+from train_loops.config import TrainConfig
+from train_loops.data import PreparedDataset
+from train_loops.models import build_model, fit_standardization
+
+logger = logging.getLogger(__name__)
+
+NONFINITE_LOSS_PENALTY = 1.0e6
+"""Reported in place of a non-finite loss, so no report ever carries NaN or inf."""
+
+REPORTED_METRICS = (
+    "step",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "loss_spikes",
+    "nonfinite_steps",
+    "skipped_steps",
+    "clipped_fraction",
+    "grad_norm_p50",
+    "grad_norm_p95",
+    "grad_norm_max",
+    "loss_scale",
+    "instability_score",
+    "diverged",
+    "wall_seconds",
+    "device_seconds",
+    "samples_per_second",
+    "activation_bytes",
+    "peak_memory_mb",
+    "cost_dollars",
+    "steps_planned",
+)
+"""Keys present in every report (the search's objectives and constraints are among them)."""
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+        """Hand one report on; ``checkpoint`` is the full state when one is due, else None."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where this copy of the loop runs. The defaults describe a single in-process worker."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    prepare_model: Callable[[nn.Module], nn.Module] = lambda model: model
+    all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+
+
+class StepOutcome(NamedTuple):
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    clipped: torch.Tensor
+    stepped: bool
+    correct: torch.Tensor
+
+
+def train_step(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    precision: Any,
+    clip: Any,
+) -> StepOutcome:
+    """One optimizer step; fp32, bf16 and fp16 share this path (a disabled scaler is a no-op)."""
+    with precision.autocast():
+        logits = model(features)
+    loss = functional.cross_entropy(logits.float(), labels)
+    precision.backward(loss)
+    precision.unscale_(optimizer)  # clip thresholds are in true gradient units
+    report = clip([p for p in model.parameters() if p.grad is not None])
+    # fp16: the scaler sees inf/NaN itself, skips the step and lowers the scale. fp32/bf16:
+    # refuse a non-finite step here, before it poisons the weights.
+    if precision.name == "fp16" or bool(torch.isfinite(report.grad_norm)):
+        stepped = precision.step(optimizer)
+    else:
+        stepped = False
+    optimizer.zero_grad(set_to_none=True)
+    correct = (logits.detach().argmax(dim=1) == labels).sum()
+    return StepOutcome(loss.detach(), report.grad_norm, report.clipped, stepped, correct)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0.1 at ``total_steps``."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA allocator peak on GPU; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def finite(value: float, penalty: float = NONFINITE_LOSS_PENALTY) -> float:
+    return float(value) if math.isfinite(value) else penalty
+
+
+def train(
+    config: TrainConfig,
+    *,
+    batches: BatchSource,
+    batches_per_epoch: int,
+    report: Reporter,
+    resume: dict[str, Any] | None = None,
+    context: WorkerContext | None = None,
+    clip_policy: Any = None,
+) -> dict[str, float]:
+    """Train per ``config`` from scratch or from ``resume`` (a loaded checkpoint state).
+
+    ``clip_policy`` replaces the configured clipping (the search's gradient probe passes one
+    that records the gradients it sees). Returns the last report's metrics plus
+    ``test_loss``/``test_accuracy``.
+    """
+    context = context or WorkerContext()
+    device = context.device
+    torch.manual_seed(config.seed)
+    dataset = PreparedDataset.open(config.dataset_dir)
+    train_features, _ = dataset.load("train")
+    val_x, val_y = (torch.from_numpy(a).to(device) for a in dataset.load("validation"))
+
+    model = build_model(config.model, dataset.num_features, dataset.num_classes)
+    fit_standardization(model, train_features)
+    if config.activation_checkpointing and hasattr(model, "blocks"):
+        ActivationCheckpointing(every=config.activation_checkpointing).apply(model.blocks)
+    model = context.prepare_model(model.to(device))
+    bare_model = model.module if hasattr(model, "module") else model
+
+    total_steps = config.max_steps or config.epochs * batches_per_epoch
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.warmup_steps, total_steps)
+    )
+    precision = build_precision(config.precision, device)
+    clip = clip_policy if clip_policy is not None else build_clip_policy(config.clipping, model)
+    detector = StabilityDetector(StabilityConfig(**config.stability))
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    elapsed_before, activation_bytes = 0.0, 0.0
+    if resume is not None:
+        bare_model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        precision.load_state_dict(resume["precision"])
+        clip.load_state_dict(resume["clipping"])
+        detector.load_state_dict(resume["stability"])
+        set_rng_state(resume["rng"][min(context.rank, len(resume["rng"]) - 1)])
+        step, epoch, batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
+        elapsed_before = resume["wall_seconds"]
+        activation_bytes = resume["activation_bytes"]
+        logger.info("resumed at step %d (epoch %d, batch %d)", step, epoch, batch_in_epoch)
+
+    started = time.perf_counter()
+    window_loss, window_correct, window_rows = 0.0, 0, 0
+    last_checkpoint_step, metrics = step, {}
+    model.train()
+
+    def build_metrics() -> dict[str, float]:
+        val_loss, val_accuracy = evaluate(model, val_x, val_y, precision.autocast)
+        wall = elapsed_before + time.perf_counter() - started
+        stability = detector.report().as_metrics()
+        return {
+            **stability,
+            "step": float(step),
+            "epoch": float(epoch),
+            "train_loss": finite(window_loss / max(1, window_rows)),
+            "train_accuracy": window_correct / max(1, window_rows),
+            "val_loss": finite(val_loss),
+            "val_accuracy": val_accuracy,
+            "loss_scale": finite(precision.loss_scale),
+            "wall_seconds": wall,
+            "device_seconds": wall * context.world_size,
+            "samples_per_second": step * config.global_batch_size / max(wall, 1e-9),
+            "activation_bytes": float(activation_bytes),
+            "peak_memory_mb": peak_memory_mb(device),
+            "cost_dollars": wall / 3600.0 * config.price_per_worker_hour * context.world_size,
+            "steps_planned": float(total_steps),
+        }
+
+    def state() -> dict[str, Any]:
+        return {
+            "model": bare_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "precision": precision.state_dict(),
+            "clipping": clip.state_dict(),
+            "stability": detector.state_dict(),
+            "rng": [rng_state()],
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "wall_seconds": elapsed_before + time.perf_counter() - started,
+            "activation_bytes": activation_bytes,
+        }
+
+    done = step >= total_steps
+    while not done and epoch < config.epochs:
+        for features, labels in batches.epoch(epoch, skip=batch_in_epoch):
+            if activation_bytes == 0.0:
+                # Measured on the bare module: a DDP forward with no backward would leave
+                # its reducer expecting gradients.
+                with SavedTensorBytes() as counter, precision.autocast():
+                    bare_model(features).float().sum()
+                activation_bytes = float(counter.bytes)
+                optimizer.zero_grad(set_to_none=True)
+            outcome = train_step(model, features, labels, optimizer, precision, clip)
+            scheduler.step()
+            step += 1
+            batch_in_epoch += 1
+            loss = context.all_reduce_mean(outcome.loss.float()).item()
+            detector.update(
+                loss=loss,
+                grad_norm=float(outcome.grad_norm),
+                clipped=bool(outcome.clipped),
+                skipped=not outcome.stepped,
+            )
+            window_loss += loss * len(labels)
+            window_correct += int(outcome.correct)
+            window_rows += len(labels)
+            done = step >= total_steps or detector.diverged
+            if step % config.report_every_steps == 0 or done:
+                metrics = build_metrics()
+                due = step - last_checkpoint_step >= config.checkpoint_every_steps or done
+                checkpoint = state() if due and not detector.diverged else None
+                if checkpoint is not None:
+                    last_checkpoint_step = step
+                report(metrics, checkpoint)
+                window_loss, window_correct, window_rows = 0.0, 0, 0
+            if done:
+                break
+        else:
+            epoch += 1
+            batch_in_epoch = 0
+
+    if not metrics:  # resumed at the very end: nothing left to run
+        metrics = build_metrics()
+    if detector.diverged:
+        logger.warning("run diverged at step %d of %d; stopped early", step, total_steps)
+    test_x, test_y = (torch.from_numpy(a).to(device) for a in dataset.load("test"))
+    test_loss, test_accuracy = evaluate(model, test_x, test_y, precision.autocast)
+    return {**metrics, "test_loss": finite(test_loss), "test_accuracy": test_accuracy}
