@@ -65,6 +65,7 @@ REPORTED_METRICS = (
     "peak_memory_mb",
     "cost_dollars",
     "steps_planned",
+    "resumed_from_step",
 )
 """Keys present in every report (the search's objectives and constraints are among them)."""
 
@@ -185,7 +186,7 @@ def train(
     detector = StabilityDetector(StabilityConfig(**config.stability))
 
     step, epoch, batch_in_epoch = 0, 0, 0
-    elapsed_before, activation_bytes = 0.0, 0.0
+    elapsed_before, activation_bytes, resumed_from_step = 0.0, 0.0, 0
     if resume is not None:
         bare_model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -195,6 +196,7 @@ def train(
         detector.load_state_dict(resume["stability"])
         set_rng_state(resume["rng"][min(context.rank, len(resume["rng"]) - 1)])
         step, epoch, batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
+        resumed_from_step = step
         elapsed_before = resume["wall_seconds"]
         activation_bytes = resume["activation_bytes"]
         logger.info("resumed at step %d (epoch %d, batch %d)", step, epoch, batch_in_epoch)
@@ -224,6 +226,7 @@ def train(
             "peak_memory_mb": peak_memory_mb(device),
             "cost_dollars": wall / 3600.0 * config.price_per_worker_hour * context.world_size,
             "steps_planned": float(total_steps),
+            "resumed_from_step": float(resumed_from_step),
         }
 
     def state() -> dict[str, Any]:
