@@ -147,8 +147,7 @@ def study_report(directory: str) -> None:
 )
 def train(config: str, workers: int | None, name: str) -> None:
     """One training run of CONFIG's data, model and training settings with Ray Train."""
-    import ray
-
+    from search.ray_runtime import ensure_ray
     from train_loops.data import prepare_dataset
     from train_loops.trainer import build_trainer
 
@@ -159,8 +158,7 @@ def train(config: str, workers: int | None, name: str) -> None:
         train_config = spec.train_config(dataset.root)
     except (DataValidationError, ValueError) as error:
         fail(str(error))
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     result = build_trainer(train_config, storage_path=directory, name=name).fit()
     if result.error:
         raise click.ClickException(f"training failed: {result.error}")

@@ -193,7 +193,10 @@ class StudySpec(_Strict):
         except OSError as error:
             raise SpecError(f"{path}: cannot read: {error.strerror}") from error
         except yaml.YAMLError as error:
-            raise SpecError(f"{path}: not valid YAML: {error}") from error
+            where = getattr(error, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(error, "problem", None) or "syntax error"
+            raise SpecError(f"{path}: not valid YAML{at}: {problem}") from None
         if not isinstance(values, dict):
             raise SpecError(f"{path}: expected a mapping of settings at the top level")
         return cls.from_dict(values, origin=str(path))

@@ -38,6 +38,7 @@ from search.optuna_wiring import (
     objective_names,
 )
 from search.probe import ProbeResult, load_or_probe
+from search.ray_runtime import ensure_ray
 from search.space import ResolvedSpace, describe_params
 from search.spec import StudySpec
 from search.trainable import run_trial, trial_resources
@@ -98,8 +99,7 @@ class Study:
     def run(self) -> StudyResult:
         """Run the study to ``num_trials`` completed trials, continuing a killed one."""
         _dataset, base, probe = self.prepare()
-        if not ray.is_initialized():
-            ray.init()
+        ensure_ray()
         tuner = self._tuner(base, probe)
         grid = tuner.fit()
         study = optuna.load_study(study_name=self.spec.name, storage=self._storage())

@@ -4,4 +4,6 @@ from __future__ import annotations
 
 import click
 
-commands: list[click.Command] = []
+from serving.cli_export import export
+
+commands: list[click.Command] = [export]

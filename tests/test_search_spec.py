@@ -1,0 +1,84 @@
+"""search.spec and the CLI's handling of bad study files (no Ray)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from search.cli import main
+from search.spec import SpecError, StudySpec
+
+
+def test_defaults_build_a_train_config(tmp_path):
+    spec = StudySpec(name="digits")
+    config = spec.train_config(tmp_path)
+    assert config.dataset_dir == str(tmp_path) and config.precision == "fp32"
+    assert spec.search.space.clipping.methods == [
+        "none",
+        "norm",
+        "value",
+        "agc",
+        "autoclip",
+        "zclip",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("search:\n  num_trail: 3\n", "unknown key 'search.num_trail'"),
+        (
+            "training:\n  precision: fp8\n",
+            "training.precision: Input should be 'fp32', 'bf16' or 'fp16'",
+        ),
+        (
+            "search:\n  space:\n    learning_rate: {low: 1, high: 0.1}\n",
+            "low (1.0) must be below high",
+        ),
+        (
+            "search:\n  space:\n    clipping: {methods: [norm, sign]}\n",
+            "search.space.clipping.methods.1",
+        ),
+        (
+            "search:\n  space:\n    extra: {momentum: [0.9]}\n",
+            "unknown training setting(s): momentum",
+        ),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_study_files_name_the_field(tmp_path, text, message):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as error:
+        StudySpec.from_yaml(path)
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_cli_misspelt_key_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: x\ntraining:\n  learning_rte: 0.1\n")
+    result = CliRunner().invoke(main, ["study", "run", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line]
+    assert lines == [f"trimtab: error: {path}: unknown key 'training.learning_rte'"]
+
+
+def test_cli_missing_file_and_bad_report_dir_exit_2(tmp_path):
+    result = CliRunner().invoke(main, ["study", "run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "cannot read" in result.output
+    result = CliRunner().invoke(main, ["study", "report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a study directory" in result.output
+
+
+def test_console_script_help_lists_the_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "search", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("study", "train", "demo", "export"):
+        assert command in result.stdout
