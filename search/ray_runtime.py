@@ -10,15 +10,18 @@ import ray
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray() -> None:
+def ensure_ray(*, log_to_driver: bool | None = None) -> None:
     """Initialise Ray once per process.
 
     ``RAY_ADDRESS`` (set inside Ray Jobs, or by you: ``auto`` or ``ray://...``) attaches to that
     cluster; without it a new local Ray starts, never a stale cluster some earlier
-    ``ray start`` recorded on this machine.
+    ``ray start`` recorded on this machine. Worker logs reach this terminal only when
+    ``log_to_driver`` (default: the ``TRIMTAB_RAY_LOGS`` environment variable is ``1``).
     """
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
     logger.info("ray.init(address=%r)", address)
-    ray.init(address=address)
+    if log_to_driver is None:
+        log_to_driver = os.environ.get("TRIMTAB_RAY_LOGS", "0") == "1"
+    ray.init(address=address, log_to_driver=log_to_driver)
