@@ -18,6 +18,12 @@ CHECKPOINT_FILES = ("state.pt", "train_config.json")
     metavar="DIR",
     help="Checkpoint directory from train_loops (holds state.pt and train_config.json).",
 )
+@click.option(
+    "--study",
+    "study",
+    metavar="DIR",
+    help="Study directory (<storage>/<name>): export its winner (final fit, else the trial).",
+)
 @click.option("--registry", "registry_root", metavar="DIR", help="Registry directory.")
 @click.option(
     "--alias",
@@ -40,18 +46,23 @@ CHECKPOINT_FILES = ("state.pt", "train_config.json")
 )
 def export(
     checkpoint: str | None,
+    study: str | None,
     registry_root: str | None,
     alias: str,
     quantization: str,
     model_name: str,
 ) -> None:
-    """Export a checkpoint to ONNX, quantize it, gate it and register it as a new version."""
+    """Export a checkpoint (or a study's winner) to ONNX, quantize it, gate it and register it
+    as a new version."""
     from serving.gate import GateError
     from serving.registry import ALIAS_PATTERN, Registry, RegistryError
     from serving.ship import QUANTIZATION_MODES, ship
 
-    if checkpoint is None:
-        raise UserError("--checkpoint DIR is required")
+    lineage_extra: dict[str, str] = {}
+    if (checkpoint is None) == (study is None):
+        raise UserError("give exactly one of --checkpoint DIR and --study DIR")
+    if study is not None:
+        checkpoint, lineage_extra = winner_checkpoint(Path(study))
     if registry_root is None:
         raise UserError("--registry DIR is required")
     checkpoint_dir = Path(checkpoint)
@@ -78,7 +89,7 @@ def export(
             prepared,
             Registry(registry_root),
             model_name=model_name,
-            lineage={"checkpoint": str(checkpoint_dir), **lineage},
+            lineage={"checkpoint": str(checkpoint_dir), **lineage, **lineage_extra},
             training_config=training_config,
             quantization=quantization,
             alias=alias,
@@ -92,3 +103,25 @@ def export(
         f"{version.version}"
     )
     click.echo(manifest.gate["reason"])
+
+
+def winner_checkpoint(study_dir: Path) -> tuple[str, dict[str, str]]:
+    """The checkpoint a study hands over: its final fit, else the winning trial's own."""
+    import json
+
+    summary_path = study_dir / "report" / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(f"{study_dir} is not a finished study (no report/summary.json)")
+    summary = json.loads(summary_path.read_text())
+    if summary.get("winner") is None:
+        raise UserError(f"study {study_dir} has no winner (no feasible trial)")
+    lineage = {"study": summary["name"], "trial": summary["winner"]}
+    if summary.get("final_checkpoint"):
+        return summary["final_checkpoint"], lineage
+    import pandas as pd
+
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    row = trials[trials["trial_id"] == summary["winner"]].iloc[0]
+    if not row.get("checkpoint"):
+        raise UserError(f"the winning trial {summary['winner']} left no checkpoint")
+    return str(row["checkpoint"]), lineage

@@ -183,7 +183,11 @@ def _checkpoint(directory: Path, *files: str) -> Path:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--registry", "{tmp}/registry"], "--checkpoint DIR is required"),
+        (["--registry", "{tmp}/registry"], "give exactly one of --checkpoint DIR and --study DIR"),
+        (
+            ["--study", "{tmp}", "--registry", "{tmp}/registry"],
+            "{tmp} is not a finished study (no report/summary.json)",
+        ),
         (["--checkpoint", "{tmp}/complete"], "--registry DIR is required"),
         (
             ["--checkpoint", "{tmp}/missing", "--registry", "{tmp}/registry"],
@@ -220,3 +224,29 @@ def test_export_command_reports_argument_errors_in_one_line(
     assert result.stderr == f"trimtab: error: {message.format(tmp=tmp_path)}\n"
     assert result.stdout == ""
     assert not (tmp_path / "registry").exists()
+
+
+def test_export_command_registers_a_trained_checkpoint(tmp_path: Path, digits) -> None:
+    """The whole CLI path: a real in-process training run's checkpoint → registry version."""
+    import shutil
+
+    from train_loops.config import TrainConfig
+    from train_loops.worker import train_in_process
+
+    kept = tmp_path / "checkpoint"
+
+    def keep(metrics, directory):
+        if directory is not None:
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(directory, kept)
+
+    train_in_process(TrainConfig(dataset_dir=str(digits.root), epochs=2), keep)
+    arguments = ["--checkpoint", str(kept), "--registry", str(tmp_path / "registry")]
+    result = CliRunner().invoke(main, ["export", *arguments, "--alias", "champion"])
+    assert result.exit_code == 0, result.output
+    registry = Registry(tmp_path / "registry")
+    assert registry.aliases() == {"champion": 1}
+    version = registry.get("champion")
+    version.verify()
+    assert version.manifest.lineage["checkpoint"] == str(kept)
+    assert version.manifest.offline_metrics["accuracy"] > 0.9
