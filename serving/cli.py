@@ -5,5 +5,6 @@ from __future__ import annotations
 import click
 
 from serving.cli_export import export
+from serving.cli_serve import serve
 
-commands: list[click.Command] = [export]
+commands: list[click.Command] = [export, serve]

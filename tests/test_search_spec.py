@@ -80,5 +80,5 @@ def test_console_script_help_lists_the_commands():
     result = subprocess.run(
         [sys.executable, "-m", "search", "--help"], capture_output=True, text=True, check=True
     )
-    for command in ("study", "train", "demo", "export"):
+    for command in ("study", "train", "demo", "export", "serve"):
         assert command in result.stdout

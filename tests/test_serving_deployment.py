@@ -1,0 +1,476 @@
+"""The inference service on real Ray Serve, over HTTP on 127.0.0.1.
+
+One Serve instance (two replicas) for the whole module; the tests run in file order and the
+last ones are destructive (a replica killed, a model file tampered with). Fast tests of the
+entry points (CLI errors, Serve's typed builder) need no Ray and come first.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
+from test_serving_http_api import (
+    ADMIN_TOKEN,
+    MAX_BODY_BYTES,
+    MAX_ROWS,
+    MODEL_NAME,
+    NUM_FEATURES,
+    build_two_version_registry,
+    corrupt,
+    load_model_session_logits,
+    malformed_requests,
+    send_case,
+)
+
+from serving.inference import softmax
+from serving.registry import Registry
+from serving.serve_config import ServeConfig
+from train_loops.data import PreparedDataset
+
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+APP_NAME = "trimtab"
+DEPLOYMENT_NAME = "InferenceService"
+REPLICA_PREFIX = f"SERVE_REPLICA::{APP_NAME}#{DEPLOYMENT_NAME}#"
+ONE_ROW = {"instances": [[0.5] * NUM_FEATURES]}
+
+
+def free_port(start: int = 20000) -> int:
+    """A free TCP port on 127.0.0.1 at or above ``start`` (outside Ray's 10002-19999)."""
+    for port in range(start, 40000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Poll ``condition`` until true; return the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------- no Ray
+
+
+def test_cli_refuses_a_missing_registry_or_alias(tmp_path):
+    from search.cli import main
+
+    runner = CliRunner()
+    missing = runner.invoke(main, ["serve", "--registry", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2
+    assert missing.output.strip() == f"trimtab: error: no model registry at {tmp_path / 'nothing'}"
+
+    Registry(tmp_path / "empty")
+    no_alias = runner.invoke(
+        main, ["serve", "--registry", str(tmp_path / "empty"), "--alias", "gold"]
+    )
+    assert no_alias.exit_code == 2
+    assert no_alias.output.strip().startswith("trimtab: error: no alias 'gold'")
+    bad_alias = runner.invoke(main, ["serve", "--registry", str(tmp_path), "--alias", "Gold"])
+    assert bad_alias.output.strip() == (
+        "trimtab: error: alias: alias names must match [a-z][a-z0-9_-]*, got 'Gold'"
+    )
+
+
+def test_typed_app_builder_validates_serve_run_arguments(trained_registry_for_serve: Path):
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from serving.app import build_app
+
+    # What `serve run serving.app:build_app registry=DIR max_batch_size=8` does.
+    application = call_user_app_builder_with_args_if_necessary(
+        build_app, {"registry": str(trained_registry_for_serve), "max_batch_size": "8"}
+    )
+    assert isinstance(application, Application)
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        call_user_app_builder_with_args_if_necessary(
+            build_app, {"registry": str(trained_registry_for_serve), "max_batch_size": "0"}
+        )
+
+
+def test_replicas_autoscaling_and_limits_reach_the_deployment(trained_registry_for_serve: Path):
+    from serving.app import build_application
+
+    autoscaling = {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}
+    config = ServeConfig(
+        registry=trained_registry_for_serve,
+        num_replicas=None,
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=40,
+        max_queued_requests=7,
+        retry_after_s=3,
+        ray_actor_options={"num_cpus": 0.5},
+    )
+    # The bound deployment is private to Serve; its public properties are what serve.run uses.
+    deployment = build_application(config)._bound_deployment
+    assert deployment.max_ongoing_requests == 40
+    assert deployment.max_queued_requests == 7
+    assert deployment.ray_actor_options == {"num_cpus": 0.5}
+    assert deployment.backpressure_config.retry_after_s == 3
+    scaling = deployment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (
+        1,
+        3,
+        8,
+    )
+
+
+# ----------------------------------------------------------------------------- real Serve
+
+
+@pytest.fixture(scope="module")
+def trained_registry_for_serve(digits: PreparedDataset, tmp_path_factory) -> Path:
+    return build_two_version_registry(tmp_path_factory.mktemp("serve") / "registry", digits)
+
+
+@dataclass
+class Service:
+    url: str
+    port: int
+    config: ServeConfig
+    registry_root: Path
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, trained_registry_for_serve: Path) -> Iterator[Service]:
+    from ray import serve
+
+    from serving.app import run_service
+
+    port = free_port()
+    config = ServeConfig(
+        registry=trained_registry_for_serve,
+        port=port,
+        num_replicas=2,
+        ray_actor_options={"num_cpus": 0.25},
+        health_check_period_s=1.0,
+        health_check_timeout_s=10.0,
+        alias_poll_interval_s=0.25,
+        admin_token=ADMIN_TOKEN,
+        max_instances_per_request=MAX_ROWS,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+    try:
+        url = run_service(config)
+        yield Service(url, port, config, trained_registry_for_serve)
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture()
+def http(service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=30.0) as client:
+        yield client
+
+
+@dataclass
+class Outcome:
+    at: float
+    status: int | None
+    version: int | None
+    error: str | None = None
+
+
+@dataclass
+class SteadyLoad:
+    """``clients`` threads posting one row to /predict back to back until stopped."""
+
+    url: str
+    clients: int = 4
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> SteadyLoad:
+        for _ in range(self.clients):
+            thread = threading.Thread(target=self._run, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30.0) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/predict", json=ONE_ROW)
+                except httpx.HTTPError as error:
+                    self.outcomes.append(Outcome(time.monotonic(), None, None, repr(error)))
+                    continue
+                version = response.json()["model_version"] if response.status_code == 200 else None
+                error = None if response.status_code == 200 else response.text[:200]
+                self.outcomes.append(
+                    Outcome(time.monotonic(), response.status_code, version, error)
+                )
+
+    def failures(self) -> list[Outcome]:
+        return [outcome for outcome in self.outcomes if outcome.status != 200]
+
+    def last_versions(self, count: int) -> set[int | None]:
+        recent = self.outcomes[-count:]
+        return {outcome.version for outcome in recent} if len(recent) == count else set()
+
+
+def replica_names() -> set[str]:
+    import ray
+
+    return {
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(REPLICA_PREFIX)
+    }
+
+
+def running_replicas() -> int:
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    application = serve.status().applications.get(APP_NAME)
+    if application is None:
+        return 0
+    return application.deployments[DEPLOYMENT_NAME].replica_states.get(ReplicaState.RUNNING, 0)
+
+
+@pytest.mark.slow
+def test_round_trip_equals_the_onnx_models_output(http, service, digits):
+    features, _ = digits.load("test")
+    rows = features[:8]
+    expected_logits = load_model_session_logits(
+        Registry(service.registry_root).get(1).onnx_path, rows
+    )
+
+    predicted = http.post(
+        "/predict", json={"instances": rows.tolist()}, headers={"x-request-id": "round-trip-1"}
+    )
+    inferred = http.post(
+        f"/v2/models/{MODEL_NAME}/infer",
+        json={
+            "id": "v2-1",
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [8, NUM_FEATURES],
+                    "datatype": "FP32",
+                    "data": rows.ravel().tolist(),
+                }
+            ],
+        },
+    )
+
+    assert predicted.status_code == 200
+    body = predicted.json()
+    assert (body["model_version"], body["request_id"]) == (1, "round-trip-1")
+    assert predicted.headers["x-request-id"] == "round-trip-1"
+    np.testing.assert_allclose(
+        body["probabilities"], softmax(expected_logits), rtol=1e-6, atol=1e-7
+    )
+    assert inferred.status_code == 200
+    v2 = inferred.json()
+    assert (v2["model_name"], v2["model_version"], v2["id"]) == (MODEL_NAME, "1", "v2-1")
+    (output,) = v2["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("logits", "FP32", [8, 10])
+    np.testing.assert_array_equal(
+        np.asarray(output["data"], np.float32).reshape(8, 10), expected_logits
+    )
+
+
+@pytest.mark.slow
+def test_v2_metadata_and_health_over_http(http):
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/v2/health/ready").json() == {"ready": True}
+    assert http.get(f"/v2/models/{MODEL_NAME}/ready").json() == {"name": MODEL_NAME, "ready": True}
+    assert http.get(f"/v2/models/{MODEL_NAME}").json() == {
+        "name": MODEL_NAME,
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, NUM_FEATURES]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+    }
+    generated = http.post("/predict", json=ONE_ROW)
+    assert generated.headers["x-request-id"] == generated.json()["request_id"]
+
+
+@pytest.mark.slow
+def test_malformed_battery_over_http_gets_4xx_only(http, service):
+    cases = malformed_requests()
+    assert len(cases) >= 200
+    wrong = []
+    for case in cases:
+        response = send_case(http, case)
+        try:
+            message = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            message = None
+        if response.status_code != case.expected_status or not message:
+            wrong.append((case.label, response.status_code, response.text[:200]))
+    assert wrong == []
+    assert http.get("/v2/health/ready").status_code == 200
+    assert http.post("/predict", json=ONE_ROW).status_code == 200
+
+
+@pytest.mark.slow
+def test_huge_declared_body_is_refused_without_reading_it(service):
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as connection:
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 10000000000\r\n\r\n" + b"[" * 65536
+        )
+        expected = b'{"error":"request body is 10000000000 bytes; the limit is 262144"}'
+        answer = b""
+        while not answer.endswith(expected) and len(answer) < 4096:
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert answer.endswith(expected), answer
+
+
+@pytest.mark.slow
+def test_overload_is_answered_503_with_retry_after(service):
+    from ray import serve
+
+    from serving.app import build_application
+
+    config = service.config.model_copy(
+        update={
+            "num_replicas": 1,
+            "max_ongoing_requests": 1,
+            "max_queued_requests": 1,
+            "max_batch_size": 1,
+            "retry_after_s": 2.0,
+        }
+    )
+    serve.run(build_application(config), name="overload", route_prefix="/overload", blocking=False)
+    try:
+        url = f"{service.url}/overload"
+        wait_until(
+            lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 60, "the overload app"
+        )
+        body = {"instances": [[0.5] * NUM_FEATURES] * MAX_ROWS}
+        start = threading.Barrier(32)
+        responses: list[httpx.Response] = []
+
+        def send() -> None:
+            with httpx.Client(timeout=60) as client:
+                start.wait()
+                responses.append(client.post(f"{url}/predict", json=body))
+
+        threads = [threading.Thread(target=send) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        serve.delete("overload")
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    rejected = [response for response in responses if response.status_code == 503]
+    assert rejected and statuses.count(200) >= 2
+    assert all(response.headers["retry-after"] == "2" for response in rejected)
+    # Serve's proxy writes this one, in plain text (documented in serving.http_api).
+    example = rejected[0]
+    print(f"\noverload: {len(rejected)} of 32 rejected: {example.headers.get('content-type')}")
+    assert example.text.startswith("Request dropped due to backpressure")
+
+
+@pytest.mark.slow
+def test_promote_and_roll_back_under_steady_load_drop_nothing(http, service):
+    with SteadyLoad(service.url, clients=4) as load:
+        wait_until(lambda: len(load.outcomes) > 20, 30, "load to start")
+        promoted = http.post("/admin/promote", headers=ADMIN)
+        assert promoted.json()["version"] == 2
+        wait_until(lambda: load.last_versions(30) == {2}, 20, "every replica on version 2")
+        rolled_back = http.post("/admin/rollback", headers=ADMIN)
+        assert rolled_back.json()["version"] == 1
+        wait_until(lambda: load.last_versions(30) == {1}, 20, "every replica back on version 1")
+    failed = len(load.failures())
+    print(f"\npromote/rollback under load: {len(load.outcomes)} requests, {failed} failed")
+    assert load.failures() == []
+    assert {outcome.version for outcome in load.outcomes} == {1, 2}
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_is_replaced_within_30_s(service):
+    import ray
+
+    clients = 4
+    before = replica_names()
+    assert len(before) == 2
+    with SteadyLoad(service.url, clients=clients) as load:
+        wait_until(lambda: len(load.outcomes) > 20, 30, "load to start")
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed_at = time.monotonic()
+        replaced_in = wait_until(
+            lambda: len(replica_names() - before) == 1 and running_replicas() == 2,
+            30,
+            "a replacement replica",
+        )
+        time.sleep(2.0)  # keep the load on the replacement for a moment
+    failed = load.failures()
+    after_kill = [outcome for outcome in load.outcomes if outcome.at >= killed_at]
+    statuses = sorted({str(outcome.status) for outcome in failed})
+    print(
+        f"\nreplica kill: replaced in {replaced_in:.1f} s; {len(failed)} of {len(after_kill)} "
+        f"requests after the kill failed ({clients} clients): {statuses}"
+    )
+    # The documented bound: only requests in flight on the killed replica fail, at most one
+    # per client (and never more than max_ongoing_requests).
+    assert len(failed) <= clients
+    assert all(outcome.status in (None, 500, 502, 503) for outcome in failed)
+
+
+@pytest.mark.slow
+def test_tampered_model_file_takes_the_replicas_out_and_the_previous_version_serves(http, service):
+    assert (
+        http.post("/admin/promote", headers=ADMIN, json={"version": 2}).json()["previous_version"]
+        == 1
+    )
+    wait_until(
+        lambda: (
+            {http.post("/predict", json=ONE_ROW).json()["model_version"] for _ in range(6)} == {2}
+        ),
+        20,
+        "version 2 everywhere",
+    )
+    corrupt(service.registry_root, 2)
+
+    def serving_version_1() -> bool:
+        try:
+            versions = {
+                http.post("/predict", json=ONE_ROW).json().get("model_version") for _ in range(6)
+            }
+        except (httpx.HTTPError, ValueError):
+            return False
+        return versions == {1}
+
+    took = wait_until(serving_version_1, 60, "replacement replicas serving version 1")
+    print(f"\ntampered file: replicas replaced and serving version 1 after {took:.1f} s")
+    assert http.get("/v2/health/ready").status_code == 200
+    assert http.get(f"/v2/models/{MODEL_NAME}").json()["versions"] == ["1"]
