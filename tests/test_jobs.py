@@ -1,0 +1,161 @@
+"""Ray Jobs: ``trimtab study run`` submitted through the Jobs API to a Ray head of the test's own.
+
+The head is a second Ray on this machine beside the test session's (``ray_session``): it has
+its own ``--temp-dir`` and its own ports (all from the ephemeral range, outside Ray's worker
+ports 10002-19999), and no ``RAY_ADDRESS`` leaks into it. ``ray stop`` would kill every Ray on
+the machine, other people's included, so the test stops only what it started: every process of
+its head carries a marker in its environment (``ray start`` passes its environment on to the
+daemons, and the raylet to its workers and the job's driver), and teardown ends exactly those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+MARKER = "TRIMTAB_TEST_RAY_HEAD"
+RAY_WORKER_PORTS = range(10002, 20000)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    assert port not in RAY_WORKER_PORTS, port
+    return port
+
+
+def _marked(value: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARKER) == value:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _stop_marked(value: str) -> None:
+    """SIGTERM every process carrying ``MARKER=value``, then SIGKILL what is left after 3 s
+    (the raylet and the GCS server outlast a SIGTERM sent to all of them at once)."""
+    processes = _marked(value)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=3)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@pytest.fixture()
+def ray_head() -> Iterator[str]:
+    """``ray start --head`` on 127.0.0.1 with its own temp dir and ports; yields the Jobs URL."""
+    # A short path: Ray's Unix sockets live under the temp dir (at most 107 bytes a path).
+    temp = Path(tempfile.mkdtemp(prefix="tt-jobs-", dir="/tmp"))
+    marker = uuid.uuid4().hex
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_ADDRESS")}
+    env.update(
+        {
+            MARKER: marker,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TMPDIR": str(temp),  # a bare ray.init() in the head's processes looks here
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    dashboard_port = _free_port()
+    ports = {
+        "--port": _free_port(),
+        "--dashboard-port": dashboard_port,
+        "--dashboard-agent-listen-port": _free_port(),
+        "--dashboard-agent-grpc-port": _free_port(),
+        "--ray-client-server-port": _free_port(),
+        "--runtime-env-agent-port": _free_port(),
+        "--metrics-export-port": _free_port(),
+        "--node-manager-port": _free_port(),
+        "--object-manager-port": _free_port(),
+    }
+    command = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        f"--temp-dir={temp / 'ray'}",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
+    try:
+        started = subprocess.run(
+            command,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            start_new_session=True,  # no terminal signal from pytest reaches the head
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"http://127.0.0.1:{dashboard_port}"
+    finally:
+        _stop_marked(marker)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert not _marked(marker), "processes of the test's Ray head survived teardown"
+
+
+def _client(address: str, timeout: float = 60.0):
+    """A Jobs client, once the head's dashboard answers (it starts a moment after ``ray start``)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return JobSubmissionClient(address)
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_jobs_api_runs_a_study_to_success(ray_head: str, tmp_path: Path) -> None:
+    from ray.job_submission import JobStatus
+
+    client = _client(ray_head)
+    storage = tmp_path / "runs"
+    # What docs/cluster.md shows: `ray job submit --working-dir . -- trimtab study run ...`.
+    job_id = client.submit_job(
+        entrypoint=f"trimtab study run studies/tiny.yaml --storage {storage}",
+        runtime_env={"working_dir": str(REPO)},
+    )
+    deadline = time.monotonic() + 480
+    status = client.get_job_status(job_id)
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, f"job {job_id} ended {status}:\n{logs[-4000:]}"
+    assert "Pareto front" in logs
+    report = storage / "tiny" / "report" / "report.html"
+    assert f"report: {report}" in logs
+    assert report.is_file()
+    assert (storage / "tiny" / "report" / "trials.parquet").is_file()
