@@ -37,8 +37,8 @@ def demo_spec(storage: Path, trials: int, workers: int) -> StudySpec:
         training={
             "epochs": 4,
             "num_workers": workers,
-            "report_every_steps": 10,
-            "checkpoint_every_steps": 20,
+            "report_every_steps": 25,
+            "checkpoint_every_steps": 50,
             "global_batch_size": 64,
         },
         search={

@@ -83,8 +83,8 @@ class TrainingSection(_Strict):
     activation_checkpointing: int = Field(0, ge=0)
     stability: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
-    report_every_steps: int = Field(20, ge=1)
-    checkpoint_every_steps: int = Field(40, ge=1)
+    report_every_steps: int = Field(50, ge=1)
+    checkpoint_every_steps: int = Field(100, ge=1)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 
 from train_loops.batches import ArrowShardBatches, RayDataBatches
@@ -103,7 +104,7 @@ def train_worker(config_dict: dict[str, Any]) -> None:
             seed=config.seed,
             device=device,
         )
-        rows = len(dataset.load("train")[1]) // world_size
+        rows = pq.ParquetFile(dataset.split_path("train")).metadata.num_rows // world_size
         batches_per_epoch = rows // config.per_worker_batch_size
     else:
         batches = arrow_batches(config, context)
