@@ -82,3 +82,18 @@ def test_console_script_help_lists_the_commands():
     )
     for command in ("study", "train", "demo", "export", "serve"):
         assert command in result.stdout
+
+
+def test_train_command_refuses_bad_data_before_starting_ray(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"a": np.array([np.nan, 1.0] * 10), "y": np.array([0, 1] * 10)}), rows)
+    study = tmp_path / "study.yaml"
+    study.write_text(f"storage: {tmp_path}\ndata: {{source: {rows}, label_column: y}}\n")
+    result = CliRunner().invoke(main, ["train", str(study)])
+    assert result.exit_code == 2
+    assert "feature column 'a' has NaN or infinite values" in result.output
+    assert str(rows) in result.output
