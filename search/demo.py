@@ -139,18 +139,23 @@ def run_demo(
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
-    _shutdown()
+    _shutdown(registry.root, port)
     return outcome
 
 
-def _serve(registry_root: Path, port: int) -> str:
-    from serving.app import run_service
+def _serve_config(registry_root: Path, port: int):
     from serving.serve_config import ServeConfig
 
-    config = ServeConfig(
+    return ServeConfig(
         registry=registry_root, alias="champion", port=port, ray_actor_options={"num_cpus": 0.5}
     )
-    url = run_service(config)
+
+
+def _serve(registry_root: Path, port: int) -> str:
+    from serving.monitoring.config import MonitoringConfig
+    from serving.monitoring.wiring import run_monitored_service
+
+    url = run_monitored_service(_serve_config(registry_root, port), MonitoringConfig())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -179,20 +184,25 @@ def _monitoring_sample(url: str, features: np.ndarray, labels: np.ndarray) -> No
         f"{url}/labels",
         json={
             "labels": [
-                {"id": request_id, "label": [int(v) for v in batch]} for request_id, batch in ids
+                {"id": request_id, "label": int(label), "row": row}
+                for request_id, batch in reversed(ids)  # delayed, out of order
+                for row, label in enumerate(batch)
             ]
         },
         timeout=30,
     )
     summary = httpx.get(f"{url}/monitoring/summary", timeout=30)
-    if labelled.status_code >= 400 or summary.status_code >= 400:
-        click.echo("(monitoring routes not available in this build)")
-        return
-    click.echo("monitoring summary:")
-    click.echo(json.dumps(summary.json(), indent=1)[:3000])
+    labelled.raise_for_status()
+    summary.raise_for_status()
+    click.echo(f"delayed labels: {labelled.json()}")
+    click.echo("monitoring summary (GET /monitoring/summary):")
+    click.echo(json.dumps(summary.json(), indent=1)[:4000])
 
 
-def _shutdown() -> None:
+def _shutdown(registry_root: Path, port: int) -> None:
     from ray import serve
 
+    from serving.monitoring.wiring import stop_monitoring_service
+
     serve.shutdown()
+    stop_monitoring_service(_serve_config(registry_root, port))

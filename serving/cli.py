@@ -8,3 +8,7 @@ from serving.cli_export import export
 from serving.cli_serve import serve
 
 commands: list[click.Command] = [export, serve]
+
+from serving.cli_monitor import monitor  # noqa: E402
+
+commands.append(monitor)

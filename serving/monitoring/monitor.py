@@ -1,0 +1,454 @@
+"""The monitor: per-version drift, latency, predicted classes and delayed-label metrics.
+
+:class:`Monitor` implements :class:`~serving.inference.PredictionObserver`: ``observe`` only
+appends to a bounded queue (microseconds, so the request never waits on statistics) and a
+background thread drains it into :meth:`Monitor.ingest`, which updates every statistic
+incrementally. In Ray Serve the replicas ship their observations to one shared monitor instead
+(:mod:`serving.monitoring.replica`, :mod:`serving.monitoring.service`), so that a label reaching
+any replica joins a prediction made by any other.
+
+What is kept, per version: the latest ``window_size`` prediction rows (histogram bins of each
+feature, raw values only for the KS test, predicted class, latency) and the latest
+``window_size`` labeled rows; across versions, the predictions awaiting labels
+(:mod:`serving.monitoring.labels`). All of it is bounded by the configuration.
+
+Example::
+
+    monitor = Monitor(MonitoringConfig(), VersionReference.loader(Registry(root)))
+    monitor.observe("r1", 1, features, probabilities, 0.004)
+    monitor.flush()
+    monitor.add_labels([LabelItem("r1", 3)])
+    monitor.summary()["versions"]["1"]["online"]["accuracy"]
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from policies.rollback import WindowStats
+from serving.monitoring.config import FeatureRangeSlice, MonitoringConfig, SliceSpec
+from serving.monitoring.drift import DriftWindow, ReferenceBins
+from serving.monitoring.labels import LABEL_OUTCOMES, PredictionStore
+from serving.monitoring.metrics import LabeledRow, LabeledWindow
+from serving.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One answered prediction request, as the observer hook reports it."""
+
+    request_id: str
+    version: int
+    features: np.ndarray
+    """``(rows, features)`` float32 inputs."""
+    probabilities: np.ndarray
+    """``(rows, classes)`` softmax outputs."""
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class LabelItem:
+    """The true class of row ``row`` of request ``request_id``: a class index or name."""
+
+    request_id: str
+    label: int | str
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class VersionReference:
+    """What the monitor needs to know about a version: its schema, reference profile and
+    offline accuracy."""
+
+    version: int
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+    profile: dict[str, Any] | None
+    offline_accuracy: float | None = None
+
+    @classmethod
+    def from_registry(cls, registry: Registry, version: int) -> VersionReference:
+        source = registry.get(version)
+        manifest = source.manifest
+        try:
+            profile = source.reference_profile()
+        except (OSError, ValueError) as error:
+            logger.error("version %d: no readable reference profile (%s)", version, error)
+            profile = None
+        accuracy = manifest.offline_metrics.get("accuracy")
+        return cls(
+            version,
+            tuple(manifest.input_schema.feature_names),
+            tuple(manifest.output_schema.class_names),
+            profile,
+            float(accuracy) if isinstance(accuracy, (int, float)) else None,
+        )
+
+    @staticmethod
+    def loader(registry: Registry) -> Callable[[int], VersionReference]:
+        return lambda version: VersionReference.from_registry(registry, version)
+
+
+class _Slicer:
+    """Turns feature rows into slice keys (only the keys are kept, never the values)."""
+
+    def __init__(self, specs: Sequence[SliceSpec], feature_names: Sequence[str]) -> None:
+        columns = {name: index for index, name in enumerate(feature_names)}
+        self._specs = []
+        for spec in specs:
+            if spec.feature not in columns:
+                logger.error("slice on unknown feature %r ignored", spec.feature)
+                continue
+            self._specs.append((spec, columns[spec.feature]))
+        self._seen_values: dict[str, set[str]] = {}
+
+    def keys(self, features: np.ndarray) -> list[tuple[str, ...]]:
+        if not self._specs:
+            return [()] * len(features)
+        per_spec = []
+        for spec, column in self._specs:
+            values = features[:, column]
+            if isinstance(spec, FeatureRangeSlice):
+                inside = (values >= spec.low) & (values < spec.high)
+                per_spec.append([spec.name if flag else None for flag in inside])
+            else:
+                seen = self._seen_values.setdefault(spec.feature, set())
+                keys = []
+                for value in values.tolist():
+                    key = f"{spec.feature}={value + 0.0:g}"  # + 0.0: -0.0 is 0
+                    if key not in seen and len(seen) >= spec.max_values:
+                        key = f"{spec.feature}=other"
+                    else:
+                        seen.add(key)
+                    keys.append(key)
+                per_spec.append(keys)
+        return [tuple(key for key in row if key is not None) for row in zip(*per_spec, strict=True)]
+
+
+class _VersionState:
+    def __init__(self, reference: VersionReference, config: MonitoringConfig) -> None:
+        self.reference = reference
+        self.class_index = {name: index for index, name in enumerate(reference.class_names)}
+        bins = None
+        if reference.profile is not None:
+            try:
+                bins = ReferenceBins.from_profile(
+                    reference.profile, reference.feature_names, len(reference.class_names)
+                )
+            except (KeyError, TypeError, ValueError) as error:
+                logger.error("version %d: drift off, bad profile: %s", reference.version, error)
+        self.drift = DriftWindow(
+            bins, len(reference.class_names), config.window_size, keep_values=config.ks_test
+        )
+        self.labeled = LabeledWindow(len(reference.class_names), config.window_size)
+        self.latencies: deque[float] = deque(maxlen=config.window_size)
+        self.slicer = _Slicer(config.slices, reference.feature_names)
+        self.requests = 0
+        self.rows = 0
+
+    def window_stats(self, last: int) -> WindowStats:
+        online = self.labeled.tail_metrics(last)
+        latencies = list(self.latencies)[-last:]
+        return WindowStats(
+            labeled=online["labeled"],
+            observed=min(self.drift.rows, last),
+            accuracy=online["accuracy"],
+            ece=online["ece"],
+            feature_psi=self.drift.feature_psi(),
+            p99_latency_s=float(np.quantile(latencies, 0.99)) if latencies else None,
+            offline_accuracy=self.reference.offline_accuracy,
+        )
+
+
+class Monitor:
+    """Online statistics of every served version; thread-safe.
+
+    Args:
+        config: windows, retention, thresholds, slices.
+        references: the :class:`VersionReference` of a version number (usually
+            :meth:`VersionReference.loader` over the registry); called once per version.
+        clock: monotonic seconds for the label retention (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        config: MonitoringConfig,
+        references: Callable[[int], VersionReference],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._references = references
+        self._lock = threading.RLock()
+        self._versions: OrderedDict[int, _VersionState] = OrderedDict()
+        self._store = PredictionStore(config.retention_s, config.max_pending_predictions, clock)
+        self._label_counts = dict.fromkeys((*LABEL_OUTCOMES, "invalid"), 0)
+        self._queue: deque[Observation] = deque()
+        self._queue_lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._drainer: threading.Thread | None = None
+        self._closed = False
+        self.dropped = 0
+        """Observations dropped because the queue was full."""
+
+    # ------------------------------------------------------------------ the observer hook
+
+    def observe(
+        self,
+        request_id: str,
+        version: int,
+        features: np.ndarray,
+        probabilities: np.ndarray,
+        latency_s: float,
+    ) -> None:
+        """Queue one answered request; statistics are updated by a background thread."""
+        with self._queue_lock:
+            if len(self._queue) >= self.config.max_queued_observations:
+                self.dropped += 1
+                return
+            self._queue.append(Observation(request_id, version, features, probabilities, latency_s))
+            if self._drainer is None and not self._closed:
+                self._drainer = threading.Thread(
+                    target=self._drain_forever, name="trimtab-monitor", daemon=True
+                )
+                self._drainer.start()
+        self._wakeup.set()
+
+    def flush(self) -> None:
+        """Ingest everything queued so far, in this thread."""
+        while True:
+            with self._queue_lock:
+                batch = list(self._queue)
+                self._queue.clear()
+            if not batch:
+                return
+            self.ingest(batch)
+
+    def close(self) -> None:
+        """Stop the background thread after a last flush."""
+        self._closed = True
+        self._wakeup.set()
+        if self._drainer is not None:
+            self._drainer.join(timeout=5)
+        self.flush()
+
+    def _drain_forever(self) -> None:
+        while not self._closed:
+            self._wakeup.wait(timeout=1.0)
+            self._wakeup.clear()
+            try:
+                self.flush()
+            except Exception:  # keep draining: one bad observation must not stop monitoring
+                logger.exception("monitoring failed to ingest observations")
+
+    # ------------------------------------------------------------------ updates
+
+    def ingest(self, observations: Sequence[Observation]) -> None:
+        """Update every statistic with ``observations``.
+
+        The rows of each version are binned and added to its windows together (one
+        ``searchsorted`` per feature per call, not per request), in arrival order.
+        """
+        by_version: dict[int, list[Observation]] = {}
+        for observation in observations:
+            by_version.setdefault(observation.version, []).append(observation)
+        with self._lock:
+            for version, group in by_version.items():
+                state = self._state(version)
+                if state is not None:
+                    self._ingest_version(state, version, group)
+
+    def _ingest_version(
+        self, state: _VersionState, version: int, observations: list[Observation]
+    ) -> None:
+        num_classes = state.labeled.num_classes
+        num_features = len(state.reference.feature_names)
+        valid = []
+        for observation in observations:
+            features = np.asarray(observation.features, dtype=np.float32)
+            probabilities = np.asarray(observation.probabilities, dtype=np.float64)
+            rows = len(features)
+            if features.shape != (rows, num_features) or probabilities.shape != (
+                rows,
+                num_classes,
+            ):
+                logger.error(
+                    "version %d: observation %s has shapes %s and %s; ignored",
+                    version,
+                    observation.request_id,
+                    features.shape,
+                    probabilities.shape,
+                )
+                continue
+            valid.append((observation, features, probabilities))
+        if not valid:
+            return
+        features = np.concatenate([entry[1] for entry in valid])
+        probabilities = np.concatenate([entry[2] for entry in valid])
+        predicted = probabilities.argmax(axis=1)
+        confidences = probabilities.max(axis=1)
+        slice_keys = state.slicer.keys(features)
+        state.drift.add(features, predicted)
+        state.requests += len(valid)
+        state.rows += len(features)
+        position = 0
+        for observation, request_features, _ in valid:
+            state.latencies.append(float(observation.latency_s))
+            for row in range(len(request_features)):
+                self._store.add(
+                    observation.request_id,
+                    row,
+                    version=version,
+                    predicted=int(predicted[position]),
+                    confidence=float(confidences[position]),
+                    slice_keys=slice_keys[position],
+                )
+                position += 1
+
+    def add_labels(self, items: Sequence[LabelItem]) -> dict[str, int]:
+        """Join delayed labels to their predictions; returns how many met each fate
+        (``joined``, ``duplicate``, ``late``, ``unknown``, and ``invalid`` for a class the
+        version does not have). Never raises for an id it cannot place."""
+        outcomes = dict.fromkeys((*LABEL_OUTCOMES, "invalid"), 0)
+        with self._lock:
+            for item in items:
+                outcome = self._add_label(item)
+                outcomes[outcome] += 1
+                self._label_counts[outcome] += 1
+        return outcomes
+
+    def _add_label(self, item: LabelItem) -> str:
+        outcome, prediction = self._store.claim(item.request_id, item.row)
+        if prediction is None:
+            return outcome
+        state = self._versions.get(prediction.version)
+        if state is None:  # the version was dropped (max_versions) since
+            return "late"
+        label = _class_index(item.label, state)
+        if label is None:
+            prediction.labeled = False  # a corrected label may still come
+            return "invalid"
+        state.labeled.add(
+            LabeledRow(label, prediction.predicted, prediction.confidence, prediction.slice_keys)
+        )
+        return "joined"
+
+    def reset_version(self, version: int) -> None:
+        """Forget a version's windows (a fresh canary is judged on its own traffic only)."""
+        with self._lock:
+            self._versions.pop(version, None)
+
+    # ------------------------------------------------------------------ reading
+
+    def versions(self) -> list[int]:
+        with self._lock:
+            return list(self._versions)
+
+    def window_stats(self, version: int, last: int) -> WindowStats:
+        """What the rollback rules judge: the latest ``last`` rows of ``version``."""
+        with self._lock:
+            state = self._versions.get(version)
+            if state is None:
+                reference = None
+                try:
+                    reference = self._references(version)
+                except Exception:  # unknown version: nothing measured
+                    logger.debug("no reference for version %d", version, exc_info=True)
+                offline = reference.offline_accuracy if reference is not None else None
+                return WindowStats(offline_accuracy=offline)
+            return state.window_stats(last)
+
+    def version_summary(self, version: int, *, include_ks: bool = True) -> dict[str, Any] | None:
+        with self._lock:
+            state = self._versions.get(version)
+            if state is None:
+                return None
+            config = self.config
+            latencies = np.asarray(state.latencies, dtype=np.float64)
+            drift = state.drift.report(
+                psi_warn=config.psi_warn,
+                psi_alert=config.psi_alert,
+                ks_alpha=config.ks_alpha,
+                min_rows=config.min_samples,
+                include_ks=include_ks,
+            )
+            online = state.labeled.metrics()
+            online["enough_rows"] = online["labeled"] >= config.min_samples
+            online["offline_accuracy"] = state.reference.offline_accuracy
+            class_counts = state.drift.class_counts
+            return {
+                "version": version,
+                "requests": state.requests,
+                "rows": state.rows,
+                "window_rows": state.drift.rows,
+                "latency_s": _latency_quantiles(latencies),
+                "predicted_classes": {
+                    name: int(count)
+                    for name, count in zip(state.reference.class_names, class_counts, strict=True)
+                },
+                "drift": drift.to_dict(),
+                "online": online,
+                "slices": state.labeled.slice_metrics(),
+            }
+
+    def summary(self, *, include_ks: bool = True) -> dict[str, Any]:
+        """Everything, per version, as plain JSON-able values."""
+        with self._lock:
+            return {
+                "window_size": self.config.window_size,
+                "retention_s": self.config.retention_s,
+                "labels": {
+                    **self._label_counts,
+                    "pending_predictions": len(self._store),
+                    "replaced_predictions": self._store.replaced,
+                },
+                "dropped_observations": self.dropped,
+                "versions": {
+                    str(version): self.version_summary(version, include_ks=include_ks)
+                    for version in self._versions
+                },
+            }
+
+    # ------------------------------------------------------------------ internals
+
+    def _state(self, version: int) -> _VersionState | None:
+        state = self._versions.get(version)
+        if state is not None:
+            self._versions.move_to_end(version)
+            return state
+        try:
+            reference = self._references(version)
+        except Exception:
+            logger.exception("cannot monitor version %d: no reference", version)
+            return None
+        state = self._versions[version] = _VersionState(reference, self.config)
+        while len(self._versions) > self.config.max_versions:
+            dropped, _ = self._versions.popitem(last=False)
+            logger.info("no longer monitoring version %d", dropped)
+        return state
+
+
+def _class_index(label: int | str, state: _VersionState) -> int | None:
+    num_classes = len(state.reference.class_names)
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, int):
+        return label if 0 <= label < num_classes else None
+    return state.class_index.get(label)
+
+
+def _latency_quantiles(latencies: np.ndarray) -> dict[str, float | None]:
+    if len(latencies) == 0:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    p50, p90, p99 = np.quantile(latencies, [0.5, 0.9, 0.99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(latencies.max())}

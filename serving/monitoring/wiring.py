@@ -1,0 +1,176 @@
+"""Monitoring plugged into the Ray Serve app of :mod:`serving.app`.
+
+:func:`run_monitored_service` is :func:`serving.app.run_service` with monitoring: it starts
+the monitoring service (one named, detached Ray actor per Serve application, taking no CPU),
+then deploys the inference service with
+
+- a :class:`~serving.monitoring.replica.ReplicaMonitor` as its prediction observer,
+- the monitoring routes (:func:`~serving.monitoring.routes.monitoring_router`),
+- in each replica, a :class:`~serving.monitoring.replica.CanaryHolder` around the served
+  model and the :class:`~serving.monitoring.replica.MonitoringMiddleware` (canary split,
+  status counts): :class:`MonitoredInferenceService` adds them to the app
+  :class:`serving.app.InferenceService` builds, using Ray's support for subclassing an
+  ingress deployment.
+
+Example::
+
+    ray.init()
+    url = run_monitored_service(ServeConfig(registry=root, port=8000), MonitoringConfig())
+    ...
+    serve.shutdown()
+    stop_monitoring_service(ServeConfig(registry=root))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from ray import serve
+from ray.serve import Application
+
+from serving.app import InferenceService, build_application, check_registry
+from serving.inference import PredictionObserver
+from serving.monitoring.config import MonitoringConfig
+from serving.monitoring.prom import RayMetricsRecorder
+from serving.monitoring.replica import (
+    ActorServiceClient,
+    CanaryHolder,
+    MonitoringMiddleware,
+    ReplicaMonitor,
+)
+from serving.monitoring.routes import monitoring_router
+from serving.monitoring.service import MonitoringService
+from serving.serve_config import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMESPACE = "trimtab"
+
+
+def service_actor_name(serve_config: ServeConfig) -> str:
+    """The monitoring actor's name: one per Serve application."""
+    return f"trimtab-monitoring-{serve_config.app_name}"
+
+
+class MonitoredInferenceService(InferenceService.func_or_class):
+    """The inference replica with a canary split and status counting around its app.
+
+    It reads one private attribute of :class:`serving.app.InferenceService`, ``_holder`` (the
+    replica's :class:`~serving.inference.ModelHolder`), to wrap it before the app is built:
+    ``tests/test_serving_monitoring_e2e.py`` fails if that changes. A hook in ``serving.app``
+    for wrapping the holder and adding middleware would make this class unnecessary.
+    """
+
+    async def __init__(
+        self,
+        config: ServeConfig,
+        observer: PredictionObserver | None = None,
+        routers: Sequence[APIRouter] = (),
+    ) -> None:
+        if not isinstance(observer, ReplicaMonitor):
+            raise TypeError(f"expected a ReplicaMonitor as the observer, got {observer!r}")
+        self._replica_monitor = observer
+        await super().__init__(config, observer, routers)
+        observer.start()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        # The app reads the model through the holder it is given; a CanaryHolder answers
+        # with the champion or the canary. The alias watcher keeps following the champion.
+        self._holder = CanaryHolder(self._holder, self._replica_monitor)
+        app = super().__serve_build_asgi_app__()
+        app.add_middleware(MonitoringMiddleware, replica=self._replica_monitor)
+        return app
+
+
+def start_monitoring_service(serve_config: ServeConfig, config: MonitoringConfig) -> Any:
+    """Start the monitoring actor of ``serve_config.app_name``, replacing one left from an
+    earlier deploy (so the new settings apply); return its handle. Needs ``ray.init``."""
+    import ray
+
+    name = service_actor_name(serve_config)
+    stop_monitoring_service(serve_config)
+    actor = (
+        ray.remote(MonitoringService)
+        .options(
+            name=name,
+            namespace=SERVICE_NAMESPACE,
+            lifetime="detached",
+            num_cpus=0,
+            max_concurrency=4,
+        )
+        .remote(
+            config,
+            serve_config.registry.resolve(),
+            alias=serve_config.alias,
+            previous_alias=serve_config.previous_alias,
+            recorder=RayMetricsRecorder(),
+        )
+    )
+    ray.get(actor.canary_state.remote())  # wait until it answers
+    return actor
+
+
+def stop_monitoring_service(serve_config: ServeConfig) -> None:
+    """Kill the monitoring actor of ``serve_config.app_name`` if there is one."""
+    import ray
+
+    try:
+        actor = ray.get_actor(service_actor_name(serve_config), namespace=SERVICE_NAMESPACE)
+    except ValueError:
+        return
+    ray.kill(actor)
+
+
+def check_slices(serve_config: ServeConfig, config: MonitoringConfig) -> None:
+    """Refuse slices on features the served model does not have."""
+    feature_names = check_registry(serve_config).manifest.input_schema.feature_names
+    for spec in config.slices:
+        if spec.feature not in feature_names:
+            raise ValueError(
+                f"slice {config.slice_name(spec)!r}: the model has no feature {spec.feature!r}"
+            )
+
+
+def build_monitored_application(serve_config: ServeConfig, config: MonitoringConfig) -> Application:
+    """The inference application with monitoring; the monitoring service must be running
+    (:func:`start_monitoring_service`)."""
+    check_slices(serve_config, config)
+    replica = ReplicaMonitor(
+        ActorServiceClient(service_actor_name(serve_config), SERVICE_NAMESPACE),
+        config,
+        serve_config.registry.resolve(),
+        intra_op_num_threads=serve_config.intra_op_num_threads,
+        recorder=RayMetricsRecorder(),
+    )
+    admin_token = serve_config.admin_token
+    routers = [
+        monitoring_router(
+            admin_token=admin_token.get_secret_value() if admin_token is not None else None,
+            max_labels_per_request=config.max_labels_per_request,
+        )
+    ]
+    plain = build_application(serve_config, observer=replica, routers=routers)
+    # The same deployment settings (replicas, backpressure, health checks, resources), with the
+    # monitored replica class; Application has no public accessor for its deployment.
+    deployment = plain._bound_deployment.options(func_or_class=MonitoredInferenceService)
+    return deployment.bind(serve_config, replica, routers)
+
+
+def run_monitored_service(serve_config: ServeConfig, config: MonitoringConfig) -> str:
+    """Start the monitoring service and Serve's proxy on ``serve_config.host:port``, deploy
+    the monitored inference service, and return its URL. Does not block; stop with
+    ``serve.shutdown()`` and :func:`stop_monitoring_service`."""
+    check_slices(serve_config, config)  # before anything starts
+    start_monitoring_service(serve_config, config)
+    application = build_monitored_application(serve_config, config)
+    serve.start(http_options={"host": serve_config.host, "port": serve_config.port})
+    serve.run(
+        application,
+        name=serve_config.app_name,
+        route_prefix=serve_config.route_prefix,
+        blocking=False,
+    )
+    return serve_config.url

@@ -1,0 +1,505 @@
+"""The monitor, the canary controller and the monitoring service, on a real registry of tiny
+ONNX models and scikit-learn as the reference. No Ray, no HTTP.
+
+Also home of helpers the other monitoring tests share: the tiny registry and a recording
+Prometheus fake.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from policies.rollback import AccuracyDropRule, DriftRule, RollbackPolicy
+from serving.monitoring.canary import CanaryController, CanaryError, canary_fraction
+from serving.monitoring.config import FeatureRangeSlice, FeatureValueSlice, MonitoringConfig
+from serving.monitoring.metrics import expected_calibration_error
+from serving.monitoring.monitor import LabelItem, Monitor, VersionReference
+from serving.monitoring.prom import INSTRUMENTS
+from serving.monitoring.service import MonitoringService
+from serving.registry import Registry, build_reference_profile
+
+FEATURES = 4
+CLASSES = 3
+FEATURE_NAMES = [f"f{index}" for index in range(FEATURES)]
+CLASS_NAMES = ["a", "b", "c"]
+GOOD_WEIGHTS = np.array(
+    [[2.0, -1.0, 0.0], [-1.0, 2.0, 0.0], [0.0, 0.0, 1.5], [0.5, 0.5, -1.0]], dtype=np.float32
+)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def write_linear_onnx(path: Path, weights: np.ndarray) -> Path:
+    """A one-layer ONNX classifier: logits = input @ weights."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "weights"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", weights.shape[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", weights.shape[1]])],
+        [numpy_helper.from_array(weights.astype(np.float32), "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def sample_rows(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, FEATURES)).astype(np.float32)
+
+
+def true_labels(features: np.ndarray) -> np.ndarray:
+    """The classes the good model predicts, with 10% flipped (so accuracy is below 1)."""
+    labels = (features @ GOOD_WEIGHTS).argmax(axis=1)
+    flip = np.random.default_rng(99).random(len(labels)) < 0.1
+    return np.where(flip, (labels + 1) % CLASSES, labels)
+
+
+def build_tiny_registry(root: Path) -> Registry:
+    """Version 1 (good) is champion; version 2 (good, another seed of noise) and version 3
+    (bad: weights negated) exist. Profiles come from 2000 reference rows."""
+    registry = Registry(root)
+    reference = sample_rows(2000, seed=0)
+    labels = true_labels(reference)
+    for version, weights in (
+        (1, GOOD_WEIGHTS),
+        (2, GOOD_WEIGHTS * 1.1),
+        (3, -GOOD_WEIGHTS),
+    ):
+        path = write_linear_onnx(root.parent / f"{root.name}-v{version}.onnx", weights)
+        predicted = (reference @ weights).argmax(axis=1)
+        registry.register(
+            path,
+            model_name="tiny",
+            lineage={"test": version},
+            training_config={},
+            offline_metrics={"accuracy": float(np.mean(predicted == labels))},
+            quantization="none",
+            gate={},
+            feature_names=FEATURE_NAMES,
+            class_names=CLASS_NAMES,
+            reference_profile=build_reference_profile(
+                reference, predicted, FEATURE_NAMES, CLASS_NAMES, labels=labels
+            ),
+        )
+    registry.set_alias("champion", 1)
+    return registry
+
+
+class RecordingRecorder:
+    """A MetricsRecorder that keeps the last value (gauges), the total (counters) and every
+    observation (histograms), and checks names and tag keys against the real instruments."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, name: str, kind: str, tags: dict[str, str]):
+        instrument = INSTRUMENTS[name]
+        assert instrument.kind == kind, name
+        assert set(tags) == set(instrument.tag_keys), (name, tags)
+        return name, tuple(sorted(tags.items()))
+
+    def inc(self, name: str, value: float, tags: dict[str, str]) -> None:
+        assert value >= 0, "counters only go up"
+        if value == 0:  # RayMetricsRecorder skips these too (Counter.inc(0) raises)
+            return
+        with self._lock:
+            self.counters[self._key(name, "counter", tags)] += value
+
+    def set(self, name: str, value: float, tags: dict[str, str]) -> None:
+        with self._lock:
+            self.gauges[self._key(name, "gauge", tags)] = value
+
+    def observe(self, name: str, value: float, tags: dict[str, str]) -> None:
+        with self._lock:
+            self.observations.setdefault(self._key(name, "histogram", tags), []).append(value)
+
+    def counter(self, name: str, **tags: str) -> float:
+        return self.counters[(name, tuple(sorted(tags.items())))]
+
+    def gauge(self, name: str, **tags: str) -> float | None:
+        return self.gauges.get((name, tuple(sorted(tags.items()))))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def sklearn_online(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    predicted = probabilities.argmax(axis=1)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predicted, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": accuracy_score(labels, predicted),
+        "macro_precision": precision,
+        "macro_recall": recall,
+        "macro_f1": f1,
+        "ece": expected_calibration_error(probabilities, labels),
+    }
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> Registry:
+    return build_tiny_registry(tmp_path / "registry")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ----------------------------------------------------------------------------- the monitor
+
+
+def test_shuffled_late_labels_give_scikit_learn_metrics_per_version_and_slice(registry):
+    clock = FakeClock()
+    config = MonitoringConfig(
+        window_size=400,
+        min_samples=50,
+        retention_s=60.0,
+        slices=(FeatureRangeSlice("f0-positive", "f0", low=0.0), FeatureValueSlice("f3", 2)),
+        rollback=RollbackPolicy(rules=(DriftRule(),), window=100, min_samples=10),
+    )
+    monitor = Monitor(config, VersionReference.loader(registry), clock=clock)
+    features = sample_rows(300, seed=5)
+    features[:, 3] = np.round(features[:, 3])  # a few distinct values for the slice column
+    labels = true_labels(features)
+    probabilities = softmax(features @ GOOD_WEIGHTS)
+    # 100 requests of 3 rows each, observed through the hook.
+    for request in range(100):
+        rows = slice(3 * request, 3 * request + 3)
+        monitor.observe(f"r{request}", 1, features[rows], probabilities[rows], 0.001 * request)
+    monitor.flush()
+
+    order = np.random.default_rng(0).permutation(300)
+    items = [LabelItem(f"r{i // 3}", int(labels[i]), i % 3) for i in order]
+    # Class names work as labels too.
+    items[:10] = [
+        LabelItem(item.request_id, CLASS_NAMES[int(item.label)], item.row) for item in items[:10]
+    ]
+    first = monitor.add_labels(items[:150])
+    clock.now = 30.0  # late, but within the retention
+    second = monitor.add_labels(
+        [*items[150:], items[0], LabelItem("never-seen", 1), LabelItem("r1", 7, 1)]
+    )
+    assert first == {"joined": 150, "duplicate": 0, "late": 0, "unknown": 0, "invalid": 0}
+    assert second == {"joined": 150, "duplicate": 2, "late": 0, "unknown": 1, "invalid": 0}
+
+    summary = monitor.summary()
+    json.dumps(summary, allow_nan=False)  # plain JSON, no NaN
+    version = summary["versions"]["1"]
+    expected = sklearn_online(labels, probabilities)
+    for name, value in expected.items():
+        assert version["online"][name] == pytest.approx(value, abs=1e-12), name
+    assert version["online"]["labeled"] == 300 and version["online"]["enough_rows"]
+    assert version["requests"] == 100 and version["rows"] == 300
+    assert version["latency_s"]["max"] == pytest.approx(0.099)
+
+    # The slice column: the first two values seen get their own slice, the rest "other".
+    values = features[:, 3] + 0.0  # -0.0 is 0
+    first_two = list(dict.fromkeys(values.tolist()))[:2]
+    column_keys = np.array(
+        [f"f3={value:g}" if value in first_two else "f3=other" for value in values]
+    )
+    slices = {"f0-positive": features[:, 0] >= 0.0}
+    slices.update({key: column_keys == key for key in set(column_keys)})
+    assert set(version["slices"]) == set(slices)
+    for name, mask in slices.items():
+        expected_slice = sklearn_online(labels[mask], probabilities[mask])
+        for metric, value in expected_slice.items():
+            assert version["slices"][name][metric] == pytest.approx(value, abs=1e-12), name
+
+    clock.now = 100.0  # past the retention: a label now is late
+    assert monitor.add_labels([LabelItem("r5", 0)])["late"] == 1
+
+
+def test_everything_kept_is_bounded_and_holds_no_features(registry):
+    config = MonitoringConfig(
+        window_size=50,
+        min_samples=10,
+        max_pending_predictions=120,
+        rollback=RollbackPolicy(rules=(DriftRule(),), window=50, min_samples=10),
+    )
+    monitor = Monitor(config, VersionReference.loader(registry))
+    features = sample_rows(1000, seed=1)
+    probabilities = softmax(features @ GOOD_WEIGHTS)
+    for index in range(1000):
+        monitor.observe(
+            f"id{index}", 1, features[index : index + 1], probabilities[index : index + 1], 0.01
+        )
+    monitor.flush()
+    labels = true_labels(features)
+    outcomes = monitor.add_labels([LabelItem(f"id{i}", int(labels[i])) for i in range(1000)])
+    # The newest 120 join; the 120 that left before them are remembered as late; older ids
+    # are forgotten altogether (the memory of departed ids is bounded too).
+    assert outcomes["joined"] == 120 and outcomes["late"] == 120 and outcomes["unknown"] == 760
+    summary = monitor.summary()
+    version = summary["versions"]["1"]
+    assert summary["labels"]["pending_predictions"] == 120
+    assert version["window_rows"] == 50 and version["online"]["labeled"] == 50
+    assert version["drift"]["rows"] == 50
+    # The label join keeps no feature values.
+    pending = next(iter(monitor._store._pending.values()))
+    assert set(pending.__slots__) == {
+        "version",
+        "predicted",
+        "confidence",
+        "slice_keys",
+        "observed_at",
+        "labeled",
+    }
+
+
+def test_observing_is_thread_safe_and_drops_beyond_the_queue_bound(registry):
+    config = MonitoringConfig(
+        window_size=5000,
+        max_queued_observations=100_000,
+        rollback=RollbackPolicy(rules=(DriftRule(),), window=100, min_samples=10),
+    )
+    monitor = Monitor(config, VersionReference.loader(registry))
+    features = sample_rows(1, seed=2)
+    probabilities = softmax(features @ GOOD_WEIGHTS)
+
+    def client(thread: int) -> None:
+        for index in range(500):
+            monitor.observe(f"t{thread}-{index}", 1, features, probabilities, 0.001)
+            if index % 50 == 0:
+                monitor.add_labels([LabelItem(f"t{thread}-{index}", 0)])
+                monitor.summary(include_ks=False)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monitor.close()
+    summary = monitor.summary()
+    assert summary["versions"]["1"]["requests"] == 2000
+    labels = summary["labels"]
+    assert labels["joined"] + labels["unknown"] == 40  # a label may beat its observation
+
+    tiny = Monitor(
+        MonitoringConfig(
+            max_queued_observations=3,
+            rollback=RollbackPolicy(rules=(DriftRule(),), window=100, min_samples=10),
+        ),
+        VersionReference.loader(registry),
+    )
+    tiny._closed = True  # no drain thread: the queue fills
+    for index in range(5):
+        tiny.observe(f"x{index}", 1, features, probabilities, 0.001)
+    assert tiny.dropped == 2
+
+
+def test_a_version_without_a_registry_entry_is_skipped(registry):
+    monitor = Monitor(MonitoringConfig(), VersionReference.loader(registry))
+    monitor.ingest([])
+    features = sample_rows(2, seed=3)
+    monitor.observe("x", 42, features, softmax(features @ GOOD_WEIGHTS), 0.01)
+    monitor.flush()
+    assert monitor.summary()["versions"] == {}
+    assert monitor.add_labels([LabelItem("x", 0)]) == {
+        "joined": 0,
+        "duplicate": 0,
+        "late": 0,
+        "unknown": 1,
+        "invalid": 0,
+    }
+
+
+# ----------------------------------------------------------------------------- the canary
+
+
+def feed(monitor: Monitor, version: int, weights: np.ndarray, rows: int, seed: int) -> None:
+    """``rows`` single-row predictions by a model with ``weights``, then their labels."""
+    features = sample_rows(rows, seed)
+    probabilities = softmax(features @ weights)
+    labels = true_labels(features)
+    monitor.ingest([])
+    for index in range(rows):
+        monitor.observe(
+            f"{version}-{seed}-{index}",
+            version,
+            features[index : index + 1],
+            probabilities[index : index + 1],
+            0.002,
+        )
+    monitor.flush()
+    monitor.add_labels([LabelItem(f"{version}-{seed}-{i}", int(labels[i])) for i in range(rows)])
+
+
+def make_controller(registry: Registry, **overrides) -> tuple[CanaryController, RecordingRecorder]:
+    recorder = RecordingRecorder()
+    config = MonitoringConfig(window_size=500, min_samples=20)
+    monitor = Monitor(config, VersionReference.loader(registry))
+    settings = {
+        "alias": "champion",
+        "previous_alias": "champion-previous",
+        "policy": RollbackPolicy(
+            rules=(AccuracyDropRule(max_drop_points=10),), window=100, min_samples=40
+        ),
+        "recorder": recorder,
+    }
+    settings.update(overrides)
+    return CanaryController(monitor, registry, **settings), recorder
+
+
+def test_a_bad_canary_is_rolled_back_once_the_window_has_enough_labels(registry):
+    controller, recorder = make_controller(registry)
+    assert controller.evaluate() is None  # no canary
+    state = controller.start(3, 0.2)
+    assert state.routing() == (3, 0.2) and state.champion == 1
+    assert recorder.gauge("trimtab_canary_share_ratio", version="3") == 0.2
+
+    feed(controller.monitor, 1, GOOD_WEIGHTS, 200, seed=10)
+    feed(controller.monitor, 3, -GOOD_WEIGHTS, 39, seed=11)
+    assert controller.evaluate().action == "wait"  # 39 < min_samples
+    assert controller.state.active
+    feed(controller.monitor, 3, -GOOD_WEIGHTS, 1, seed=12)
+    decision = controller.evaluate()
+    assert decision.action == "rollback"
+    state = controller.state
+    assert state.status == "rolled_back" and state.routing() is None and state.share == 0.0
+    assert "below the champion" in state.reasons[0]
+    assert recorder.counter("trimtab_rollbacks_total", version="3") == 1
+    assert recorder.gauge("trimtab_canary_share_ratio", version="3") == 0.0
+    assert controller.evaluate() is None  # judged once
+    assert registry.resolve("champion") == 1  # the champion never moved
+
+
+def test_a_good_canary_holds_and_is_promoted(registry):
+    controller, recorder = make_controller(registry)
+    controller.start(2, 0.5)
+    feed(controller.monitor, 1, GOOD_WEIGHTS, 150, seed=20)
+    feed(controller.monitor, 2, GOOD_WEIGHTS * 1.1, 150, seed=21)
+    assert controller.evaluate().action == "hold"
+    assert controller.state.active
+    state = controller.promote()
+    assert state.status == "promoted"
+    assert registry.resolve("champion") == 2 and registry.resolve("champion-previous") == 1
+    assert recorder.counter("trimtab_promotions_total", version="2") == 1
+    with pytest.raises(CanaryError, match="no canary is running"):
+        controller.promote()
+
+
+def test_auto_promotion_waits_for_a_full_window(registry):
+    controller, _ = make_controller(registry, auto_promote=True)
+    controller.start(2, 0.5)
+    feed(controller.monitor, 1, GOOD_WEIGHTS, 150, seed=30)
+    feed(controller.monitor, 2, GOOD_WEIGHTS * 1.1, 60, seed=31)
+    assert controller.evaluate().action == "hold" and controller.state.active
+    feed(controller.monitor, 2, GOOD_WEIGHTS * 1.1, 40, seed=32)
+    controller.evaluate()
+    assert controller.state.status == "promoted" and registry.resolve("champion") == 2
+
+
+def test_canary_refusals_name_the_problem(registry):
+    controller, _ = make_controller(registry)
+    with pytest.raises(CanaryError, match="already the champion"):
+        controller.start(1, 0.1)
+    with pytest.raises(CanaryError, match="no version 9"):
+        controller.start(9, 0.1)
+    with pytest.raises(CanaryError, match="share must be in"):
+        controller.start(2, 1.0)
+    with pytest.raises(CanaryError, match="no canary is running"):
+        controller.stop()
+    controller.start(2, 0.1)
+    assert controller.stop().status == "stopped"
+
+
+def test_following_the_candidate_alias_never_restarts_a_judged_version(registry):
+    controller, _ = make_controller(registry)
+    registry.set_alias("candidate", 3)
+    controller.follow_alias("candidate", 0.25)
+    assert controller.state.routing() == (3, 0.25)
+    controller.stop()
+    controller.follow_alias("candidate", 0.25)
+    assert not controller.state.active  # stopped by hand: judged
+    registry.set_alias("candidate", 1)  # the champion itself: nothing to do
+    controller.follow_alias("candidate", 0.25)
+    assert not controller.state.active
+
+
+def test_the_split_is_sticky_and_close_to_the_share() -> None:
+    fractions = [canary_fraction(f"request-{index}", 7) for index in range(20_000)]
+    assert fractions[:100] == [canary_fraction(f"request-{index}", 7) for index in range(100)]
+    assert all(0.0 <= fraction < 1.0 for fraction in fractions)
+    assert np.mean(np.array(fractions) < 0.1) == pytest.approx(0.1, abs=0.01)
+    # Another canary version draws another subset.
+    assert canary_fraction("request-1", 7) != canary_fraction("request-1", 8)
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+def test_service_summary_has_roles_canary_and_gauges(registry):
+    recorder = RecordingRecorder()
+    config = MonitoringConfig(
+        window_size=300,
+        min_samples=50,
+        canary_alias="candidate",
+        canary_share=0.3,
+        rollback=RollbackPolicy(rules=(AccuracyDropRule(10),), window=100, min_samples=50),
+    )
+    service = MonitoringService(config, registry.root, recorder=recorder, run_loop=False)
+    registry.set_alias("candidate", 3)
+    assert service.evaluate_now() == "wait"  # the alias started a canary of version 3
+    assert service.routing() == {"version": 3, "share": 0.3}
+    feed(service.monitor, 1, GOOD_WEIGHTS, 120, seed=40)
+    feed(service.monitor, 3, -GOOD_WEIGHTS, 60, seed=41)
+    assert service.evaluate_now() == "rollback"
+    assert service.ingest([]) is None  # replicas learn: no canary
+
+    summary = service.summary()
+    json.dumps(summary, allow_nan=False)
+    assert summary["champion"] == 1
+    assert summary["canary"]["status"] == "rolled_back"
+    assert summary["versions"]["1"]["role"] == "champion"
+    assert summary["versions"]["3"]["role"] is None
+    assert summary["rollback_policy"]["window"] == 100
+    accuracy = recorder.gauge("trimtab_online_accuracy_ratio", version="1")
+    assert accuracy == pytest.approx(summary["versions"]["1"]["online"]["accuracy"])
+    assert recorder.gauge("trimtab_feature_psi", version="1", feature="f0") is not None
+    service.add_labels([LabelItem("nope", 0)])
+    assert recorder.counter("trimtab_labels_total", outcome="unknown") == 1
+    service.close()
+
+
+def test_the_evaluation_loop_runs_by_itself(registry):
+    config = MonitoringConfig(
+        evaluation_interval_s=0.05,
+        canary_alias="candidate",
+        rollback=RollbackPolicy(rules=(AccuracyDropRule(10),), window=100, min_samples=50),
+    )
+    registry.set_alias("candidate", 2)
+    service = MonitoringService(config, registry.root)
+    try:
+        deadline = threading.Event()
+        for _ in range(100):
+            if service.routing() is not None:
+                break
+            deadline.wait(0.05)
+        assert service.routing() == {"version": 2, "share": 0.1}
+    finally:
+        service.close()
