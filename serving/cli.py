@@ -5,10 +5,7 @@ from __future__ import annotations
 import click
 
 from serving.cli_export import export
+from serving.cli_monitor import monitor
 from serving.cli_serve import serve
 
-commands: list[click.Command] = [export, serve]
-
-from serving.cli_monitor import monitor  # noqa: E402
-
-commands.append(monitor)
+commands: list[click.Command] = [export, serve, monitor]
