@@ -62,6 +62,12 @@ def _check_port_free(host: str, port: int) -> None:
     help="Requests per dynamic batch; 1 turns batching off.",
 )
 @click.option(
+    "--monitoring/--no-monitoring",
+    default=True,
+    show_default=True,
+    help="Drift, delayed-label metrics, canary and rollback (GET /monitoring/summary).",
+)
+@click.option(
     "--address",
     default=None,
     help="Ray cluster to join [$RAY_ADDRESS, else a new local Ray].",
@@ -74,6 +80,7 @@ def serve(
     model_name: str | None,
     replicas: int,
     max_batch_size: int,
+    monitoring: bool,
     address: str | None,
 ) -> None:
     """Serve a registry alias over HTTP (Open Inference Protocol v2 and /predict) with Ray
@@ -111,7 +118,13 @@ def serve(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        url = run_service(config)
+        if monitoring:
+            from serving.monitoring.config import MonitoringConfig
+            from serving.monitoring.wiring import run_monitored_service
+
+            url = run_monitored_service(config, MonitoringConfig())
+        else:
+            url = run_service(config)
         rows = json.dumps({"instances": [[0.0] * len(version.manifest.input_schema.feature_names)]})
         click.echo(f"serving {alias} (version {version.version}) of {registry} at {url}")
         click.echo(
@@ -125,4 +138,8 @@ def serve(
         click.echo("stopping")
     finally:
         ray_serve.shutdown()
+        if monitoring:
+            from serving.monitoring.wiring import stop_monitoring_service
+
+            stop_monitoring_service(config)
         ray.shutdown()
