@@ -224,7 +224,7 @@ def local_cluster() -> Iterator[LocalCluster]:
     }
     head_start = " ".join(
         [
-            "RAY_AUTH_MODE=disabled ray start --head",
+            "RAY_AUTH_MODE=disabled RAY_raylet_start_wait_time_s=120 ray start --head",
             f"--node-ip-address={address}",
             "--dashboard-host=127.0.0.1 --include-dashboard=false",
             "--num-cpus=2 --disable-usage-stats",

@@ -77,6 +77,7 @@ def ray_head() -> Iterator[str]:
         {
             MARKER: marker,
             "RAY_AUTH_MODE": "disabled",
+            "RAY_raylet_start_wait_time_s": "120",  # a loaded 2-core machine registers slowly
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_TMPDIR": str(temp),  # a bare ray.init() in the head's processes looks here
             "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
