@@ -19,7 +19,7 @@ from the server: read the numbers as relative.
 Usage::
 
     RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_monitoring.py [--registry DIR]
-        [--duration 4] [--rounds 6] [--concurrency 1 16 64] [--out results.json]
+        [--duration 4] [--rounds 8] [--concurrency 1 16 64] [--out results.json]
 
 Without ``--registry`` it trains the default digits MLP into a temporary registry first.
 """
@@ -146,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, default=None)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=6, help="measurements per setup")
+    parser.add_argument("--rounds", type=int, default=8, help="measurements per setup")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     arguments = parser.parse_args()

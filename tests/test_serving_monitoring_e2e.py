@@ -315,7 +315,7 @@ def test_held_out_rows_do_not_drift_and_inverted_digits_do(http, service, digits
         ratio = scrape(service, "trimtab_drifted_features_ratio")
         return any('version="1"' in key and value > 0.5 for key, value in ratio.items())
 
-    wait_for(drift_exported, 40, "ray_trimtab_drifted_features_ratio on the metrics port")
+    wait_for(drift_exported, 60, "ray_trimtab_drifted_features_ratio on the metrics port")
     psi = scrape(service, "trimtab_feature_psi")
     assert sum(value > 0.25 for key, value in psi.items() if 'version="1"' in key) > 32
     requests = scrape(service, "trimtab_requests_total")
@@ -417,7 +417,7 @@ def test_a_bad_canary_is_rolled_back_within_one_window_and_no_request_fails(http
             "the rollback",
         )
         rolled_back_at = time.monotonic()
-        time.sleep(1.5)  # every replica has learned within a flush interval
+        time.sleep(3.0)  # every replica learns within a flush interval (0.1 s); margin for load
     assert canary["status"] == "rolled_back", canary
     assert "below the champion" in canary["reasons"][0]
     # Judged on at least min_samples and at most one window of the canary's labeled rows.
@@ -426,14 +426,14 @@ def test_a_bad_canary_is_rolled_back_within_one_window_and_no_request_fails(http
     failures = [o for o in load.outcomes if o.status != 200]
     assert failures == [], failures[:5]
     assert any(o.version == 2 for o in load.outcomes)  # the canary did serve
-    late = [o for o in load.outcomes if o.at > rolled_back_at + 0.5]
+    late = [o for o in load.outcomes if o.at > rolled_back_at + 1.5]
     assert late and {o.version for o in late} == {1}
 
     def rollback_exported() -> bool:
         counts = scrape(service, "trimtab_rollbacks_total")
         return any('version="2"' in key and value >= 1 for key, value in counts.items())
 
-    wait_for(rollback_exported, 40, "ray_trimtab_rollbacks_total on the metrics port")
+    wait_for(rollback_exported, 60, "ray_trimtab_rollbacks_total on the metrics port")
     assert Registry(service.config.registry).resolve("champion") == 1
 
 
