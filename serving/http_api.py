@@ -461,7 +461,10 @@ def create_http_app(
             return None
         latency_s = time.perf_counter() - started
 
-        def observe() -> None:
+        async def observe() -> None:
+            # A coroutine, so Starlette runs it on the event loop after the response is
+            # sent; a plain function would cost a worker-thread hop per request. The
+            # observer only queues, so it must not block (see PredictionObserver).
             try:
                 observer.observe(request_id, model.version, features, probabilities, latency_s)
             except Exception:

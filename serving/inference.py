@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 class PredictionObserver(Protocol):
     """Sees every prediction, after its response is sent.
 
-    Called from a worker thread, once per request, never on the request's critical path;
-    an exception is logged and otherwise ignored. ``features`` is the ``(rows, features)``
+    Called on the app's event loop once per request, after its response is sent, so it
+    must not block: queue the work and do it elsewhere (as
+    :class:`~serving.monitoring.replica.ReplicaMonitor` does). An exception is logged and
+    otherwise ignored. ``features`` is the ``(rows, features)``
     float32 input, ``probabilities`` the ``(rows, classes)`` softmax of the logits and
     ``latency_s`` the time from the request reaching the app to its predictions being ready.
     """
