@@ -12,7 +12,8 @@ Two ways in:
   application builder (arguments are :class:`~serving.serve_config.ServeConfig` fields).
 - :func:`run_service` (what ``trimtab serve`` calls): starts Serve's proxy on
   ``config.host:config.port`` and deploys; :func:`build_application` also takes a
-  :class:`~serving.inference.PredictionObserver` and extra routers.
+  :class:`~serving.inference.PredictionObserver`, extra routers and a
+  :class:`ReplicaExtension` (how monitoring adds its canary split and middleware).
 
 Overload: a replica works on ``max_ongoing_requests`` at once, Serve queues up to
 ``max_queued_requests`` more, and its proxy answers the rest 503 with ``Retry-After``.
@@ -24,7 +25,7 @@ Overload: a replica works on ``max_ongoing_requests`` at once, Serve queues up t
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
@@ -42,6 +43,22 @@ logger = logging.getLogger(__name__)
 _SETTINGS_BUILD_APP_IGNORES = ("host", "port", "app_name", "route_prefix")
 
 
+class ReplicaExtension(Protocol):
+    """Extends every replica of :class:`InferenceService`; pickled into each replica.
+
+    ``start`` is called once the replica has loaded its model; ``wrap_holder`` returns what
+    the app reads the model through (an object with :class:`ModelHolder`'s interface: the
+    replica keeps the original for the alias watcher and health checks); ``extend_app``
+    may add middleware or routes to the built app.
+    """
+
+    def start(self) -> None: ...
+
+    def wrap_holder(self, holder: ModelHolder) -> Any: ...
+
+    def extend_app(self, app: FastAPI) -> None: ...
+
+
 @serve.deployment(name="InferenceService")
 @serve.ingress()
 class InferenceService:
@@ -52,10 +69,12 @@ class InferenceService:
         config: ServeConfig,
         observer: PredictionObserver | None = None,
         routers: Sequence[APIRouter] = (),
+        extension: ReplicaExtension | None = None,
     ) -> None:
         self._config = config
         self._observer = observer
         self._routers = list(routers)
+        self._extension = extension
         self._holder = ModelHolder(
             Registry(config.registry),
             config.alias,
@@ -70,17 +89,23 @@ class InferenceService:
         )
         self._run_batch.set_max_batch_size(config.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        if extension is not None:
+            extension.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         batching = self._config.max_batch_size > 1
-        return create_http_app(
-            self._holder,
+        extension = self._extension
+        app = create_http_app(
+            self._holder if extension is None else extension.wrap_holder(self._holder),
             self._config,
             run_model=self._run_batched if batching else run_in_thread,
             observer=self._observer,
             routers=self._routers,
             echo_request_id=False,  # Serve's proxy sets x-request-id on every response
         )
+        if extension is not None:
+            extension.extend_app(app)
+        return app
 
     async def _run_batched(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
         return await self._run_batch((model, features))
@@ -122,11 +147,13 @@ def build_application(
     *,
     observer: PredictionObserver | None = None,
     routers: Sequence[APIRouter] = (),
+    extension: ReplicaExtension | None = None,
 ) -> Application:
     """The Serve application for ``config``; deploy it with ``serve.run``.
 
     Raises :class:`~serving.inference.ModelUnavailableError` if the registry or the alias
-    does not exist. ``observer`` and ``routers`` are pickled into every replica.
+    does not exist. ``observer``, ``routers`` and ``extension`` are pickled into every
+    replica (together, so one object may serve as both observer and extension).
     """
     check_registry(config)
     replicas: dict[str, Any]
@@ -143,7 +170,7 @@ def build_application(
         health_check_timeout_s=config.health_check_timeout_s,
         ray_actor_options=dict(config.ray_actor_options),
     )
-    return deployment.bind(config, observer, list(routers))
+    return deployment.bind(config, observer, list(routers), extension)
 
 
 def build_app(config: ServeConfig) -> Application:
@@ -167,12 +194,13 @@ def run_service(
     *,
     observer: PredictionObserver | None = None,
     routers: Sequence[APIRouter] = (),
+    extension: ReplicaExtension | None = None,
 ) -> str:
     """Start Serve's proxy on ``config.host:config.port``, deploy, and return the URL.
 
     Needs a running Ray (``ray.init``); does not block. Stop with ``serve.shutdown()``.
     """
-    application = build_application(config, observer=observer, routers=routers)
+    application = build_application(config, observer=observer, routers=routers, extension=extension)
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(
         application,

@@ -93,7 +93,9 @@ RunModel = Callable[[LoadedModel, np.ndarray], Awaitable[np.ndarray]]
 
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "trimtab"
-_REQUEST_ID_KEY = "trimtab.request_id"
+REQUEST_ID_SCOPE_KEY = "trimtab.request_id"
+"""The ASGI scope key of the request's id: the ``x-request-id`` header, a new id when absent,
+replaced by the body's ``id`` on v2 infer routes (the id the labels join on)."""
 _STARTED_KEY = "trimtab.started"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _FLAT_VALUES = TypeAdapter(list[FiniteNumber])
@@ -147,7 +149,7 @@ class RequestIdMiddleware:
             await response(scope, receive, send)
             return
         request_id = given or uuid.uuid4().hex
-        scope[_REQUEST_ID_KEY] = request_id
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
         if not self.echo:
             await self.app(scope, receive, send)
             return
@@ -497,7 +499,7 @@ def create_http_app(
         features = _rows_to_features(body.instances, model, config, "instances")
         logits = _finite_logits(await run_model(model, features), model)
         probabilities = softmax(logits.astype(np.float64))
-        request_id = request.scope[_REQUEST_ID_KEY]
+        request_id = request.scope[REQUEST_ID_SCOPE_KEY]
         class_names = model.class_names
         content = {
             "model_name": served_name(model),
@@ -512,6 +514,11 @@ def create_http_app(
         return JSONResponse(content, background=background)
 
     # ------------------------------------------------------------------ v2 protocol
+
+    def use_body_id(request: Request, body: InferRequest) -> None:
+        # Before the model is chosen: a canary split keyed on the request id sees this one.
+        if body.id is not None:
+            request.scope[REQUEST_ID_SCOPE_KEY] = body.id
 
     async def infer(request: Request, model: LoadedModel, body: InferRequest) -> JSONResponse:
         if len(body.inputs) != 1 or body.inputs[0].name != model.input_name:
@@ -528,7 +535,7 @@ def create_http_app(
                 )
         features = _tensor_to_features(body.inputs[0], model, config, "inputs[0]")
         logits = _finite_logits(await run_model(model, features), model)
-        request_id = body.id or request.scope[_REQUEST_ID_KEY]
+        request_id = request.scope[REQUEST_ID_SCOPE_KEY]
         content = {
             "model_name": served_name(model),
             "model_version": str(model.version),
@@ -615,6 +622,7 @@ def create_http_app(
     async def model_infer(
         request: Request, name: str, body: InferRequest, x_request_id: request_id_header = None
     ) -> JSONResponse:
+        use_body_id(request, body)
         return await infer(request, named_model(name), body)
 
     @v2.post(
@@ -629,6 +637,7 @@ def create_http_app(
         body: InferRequest,
         x_request_id: request_id_header = None,
     ) -> JSONResponse:
+        use_body_id(request, body)
         return await infer(request, named_model(name, version), body)
 
     app.include_router(v2)

@@ -26,9 +26,7 @@ from serving.http_api import create_http_app
 from serving.inference import ModelHolder
 from serving.monitoring.config import FeatureRangeSlice, MonitoringConfig
 from serving.monitoring.replica import (
-    CanaryHolder,
     LocalServiceClient,
-    MonitoringMiddleware,
     ReplicaMonitor,
 )
 from serving.monitoring.routes import monitoring_router
@@ -65,9 +63,9 @@ class Monitored:
             admin_token=admin_token, max_labels_per_request=MONITORING.max_labels_per_request
         )
         app = create_http_app(
-            CanaryHolder(holder, self.replica), config, observer=self.replica, routers=[router]
+            self.replica.wrap_holder(holder), config, observer=self.replica, routers=[router]
         )
-        app.add_middleware(MonitoringMiddleware, replica=self.replica)
+        self.replica.extend_app(app)
         self.client = TestClient(app)
 
     def predict(self, rows: np.ndarray, request_id: str) -> dict:
@@ -197,6 +195,10 @@ def test_unknown_model_name_and_not_json(monitored):
     assert response.status_code == 400
 
 
+def v2_input(row: np.ndarray) -> dict:
+    return {"shape": list(row.shape), "datatype": "FP32", "data": row.ravel().tolist()}
+
+
 def test_a_canary_takes_its_share_sticky_by_request_id_and_stops(monitored):
     client = monitored.client
     assert client.post("/admin/canary", json={"version": 2, "share": 0.3}).status_code == 401
@@ -223,6 +225,16 @@ def test_a_canary_takes_its_share_sticky_by_request_id_and_stops(monitored):
         headers={"x-request-id": next(rid for rid, v in versions.items() if v == 2)},
     )
     assert pinned.status_code == 200 and pinned.json()["model_version"] == "1"
+    # On the v2 route the body's id (the one labels name) decides, not the header.
+    for rid in list(versions)[:20]:
+        answer = client.post(
+            "/v2/models/tiny/infer",
+            json={"id": rid, "inputs": [{**v2_input(row), "name": "input"}]},
+            headers={"x-request-id": f"header-{rid}"},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["id"] == rid
+        assert answer.json()["model_version"] == str(versions[rid])
 
     stopped = client.delete("/admin/canary", headers=ADMIN)
     assert stopped.json()["status"] == "stopped"

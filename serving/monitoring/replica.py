@@ -1,11 +1,11 @@
 """The replica side of monitoring: observe predictions, count statuses, route canary traffic.
 
-:class:`ReplicaMonitor` is the :class:`~serving.inference.PredictionObserver` every replica
-runs. ``observe`` and ``record_status`` only append to a bounded queue; a background thread
-wakes every ``flush_interval_s``, records the per-request Prometheus metrics, ships the
-observations to the monitoring service and gets back the canary's routing, loading the
-canary's model when it changes. So the request path pays for a queue append and, under a
-canary, one hash of the request id.
+:class:`ReplicaMonitor` is the :class:`~serving.inference.PredictionObserver` and the
+:class:`~serving.app.ReplicaExtension` every replica runs. ``observe`` and ``record_status``
+only append to a bounded queue; a background thread wakes every ``flush_interval_s``,
+records the per-request Prometheus metrics, ships the observations to the monitoring
+service and gets back the canary's routing, loading the canary's model when it changes.
+So the request path pays for a queue append and, under a canary, one hash of the request id.
 
 :class:`CanaryHolder` wraps the replica's :class:`~serving.inference.ModelHolder`: its
 ``current`` is the champion, or the canary for the canary's share of prediction requests.
@@ -25,18 +25,22 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.http_api import REQUEST_ID_SCOPE_KEY
 from serving.inference import AliasMove, LoadedModel, ModelHolder, load_model
 from serving.monitoring.canary import canary_fraction
 from serving.monitoring.config import MonitoringConfig
 from serving.monitoring.monitor import Observation
 from serving.monitoring.prom import MetricsRecorder, NullRecorder
 from serving.registry import Registry, RegistryError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +94,16 @@ class ActorServiceClient:
 class RequestContext:
     """What the canary split needs to know about the prediction request being answered."""
 
-    request_id: str | None
+    scope: dict[str, Any]
+    """The request's ASGI scope: the app puts the request's id in it before the model is
+    chosen (the body's ``id`` on v2 infer routes)."""
     pinned_version: int | None
     served_version: int | None = None
+
+    @property
+    def request_id(self) -> str | None:
+        """The id the labels will name: the app's, else the ``x-request-id`` header."""
+        return self.scope.get(REQUEST_ID_SCOPE_KEY) or Headers(scope=self.scope).get("x-request-id")
 
 
 _REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
@@ -195,6 +206,16 @@ class ReplicaMonitor:
         else:
             fraction = random.random()
         return canary.model if fraction < canary.share else champion
+
+    # ------------------------------------------------------------------ replica extension
+
+    def wrap_holder(self, holder: ModelHolder) -> CanaryHolder:
+        """The replica's holder with the canary split (:class:`serving.app.ReplicaExtension`)."""
+        return CanaryHolder(holder, self)
+
+    def extend_app(self, app: FastAPI) -> None:
+        """Add :class:`MonitoringMiddleware`: the canary split's context and status counts."""
+        app.add_middleware(MonitoringMiddleware, replica=self)
 
     # ------------------------------------------------------------------ service API
 
@@ -364,7 +385,7 @@ class MonitoringMiddleware:
             return
         pinned = match.group(1)
         context = RequestContext(
-            request_id=Headers(scope=scope).get("x-request-id"),
+            scope=scope,
             pinned_version=int(pinned) if pinned is not None and pinned.isdigit() else None,
         )
         status = 500

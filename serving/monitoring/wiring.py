@@ -6,11 +6,10 @@ then deploys the inference service with
 
 - a :class:`~serving.monitoring.replica.ReplicaMonitor` as its prediction observer,
 - the monitoring routes (:func:`~serving.monitoring.routes.monitoring_router`),
-- in each replica, a :class:`~serving.monitoring.replica.CanaryHolder` around the served
-  model and the :class:`~serving.monitoring.replica.MonitoringMiddleware` (canary split,
-  status counts): :class:`MonitoredInferenceService` adds them to the app
-  :class:`serving.app.InferenceService` builds, using Ray's support for subclassing an
-  ingress deployment.
+- the same :class:`~serving.monitoring.replica.ReplicaMonitor` as its replica extension
+  (:class:`serving.app.ReplicaExtension`), which puts a
+  :class:`~serving.monitoring.replica.CanaryHolder` around the served model and adds the
+  :class:`~serving.monitoring.replica.MonitoringMiddleware` (canary split, status counts).
 
 Example::
 
@@ -24,21 +23,16 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
 from ray import serve
 from ray.serve import Application
 
-from serving.app import InferenceService, build_application, check_registry
-from serving.inference import PredictionObserver
+from serving.app import build_application, check_registry
 from serving.monitoring.config import MonitoringConfig
 from serving.monitoring.prom import RayMetricsRecorder
 from serving.monitoring.replica import (
     ActorServiceClient,
-    CanaryHolder,
-    MonitoringMiddleware,
     ReplicaMonitor,
 )
 from serving.monitoring.routes import monitoring_router
@@ -53,36 +47,6 @@ SERVICE_NAMESPACE = "trimtab"
 def service_actor_name(serve_config: ServeConfig) -> str:
     """The monitoring actor's name: one per Serve application."""
     return f"trimtab-monitoring-{serve_config.app_name}"
-
-
-class MonitoredInferenceService(InferenceService.func_or_class):
-    """The inference replica with a canary split and status counting around its app.
-
-    It reads one private attribute of :class:`serving.app.InferenceService`, ``_holder`` (the
-    replica's :class:`~serving.inference.ModelHolder`), to wrap it before the app is built:
-    ``tests/test_serving_monitoring_e2e.py`` fails if that changes. A hook in ``serving.app``
-    for wrapping the holder and adding middleware would make this class unnecessary.
-    """
-
-    async def __init__(
-        self,
-        config: ServeConfig,
-        observer: PredictionObserver | None = None,
-        routers: Sequence[APIRouter] = (),
-    ) -> None:
-        if not isinstance(observer, ReplicaMonitor):
-            raise TypeError(f"expected a ReplicaMonitor as the observer, got {observer!r}")
-        self._replica_monitor = observer
-        await super().__init__(config, observer, routers)
-        observer.start()
-
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        # The app reads the model through the holder it is given; a CanaryHolder answers
-        # with the champion or the canary. The alias watcher keeps following the champion.
-        self._holder = CanaryHolder(self._holder, self._replica_monitor)
-        app = super().__serve_build_asgi_app__()
-        app.add_middleware(MonitoringMiddleware, replica=self._replica_monitor)
-        return app
 
 
 def start_monitoring_service(serve_config: ServeConfig, config: MonitoringConfig) -> Any:
@@ -152,11 +116,7 @@ def build_monitored_application(serve_config: ServeConfig, config: MonitoringCon
             max_labels_per_request=config.max_labels_per_request,
         )
     ]
-    plain = build_application(serve_config, observer=replica, routers=routers)
-    # The same deployment settings (replicas, backpressure, health checks, resources), with the
-    # monitored replica class; Application has no public accessor for its deployment.
-    deployment = plain._bound_deployment.options(func_or_class=MonitoredInferenceService)
-    return deployment.bind(serve_config, replica, routers)
+    return build_application(serve_config, observer=replica, routers=routers, extension=replica)
 
 
 def run_monitored_service(serve_config: ServeConfig, config: MonitoringConfig) -> str:
