@@ -16,6 +16,13 @@ round), so load from other processes on a shared machine falls on all alike. Rat
 the requests completed over all rounds. The client runs on the same machine and takes CPU
 from the server: read the numbers as relative.
 
+Requests/s swing by tens of percent from slice to slice on a shared machine, so each slice
+also records the server's CPU time per request: user + system time of Serve's proxy, the
+setup's replica and, for ``on``, the monitoring actor (``psutil``, over the whole slice, per
+request answered, read 1.5 s after the slice so the monitoring actor has binned the
+slice's last rows). On a CPU-bound server, throughput is the inverse of that, and it hardly
+moves with other people's load: ``off CPU / on CPU`` is the steadier on/off figure.
+
 Usage::
 
     RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_monitoring.py [--registry DIR]
@@ -32,7 +39,8 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +61,50 @@ class DoNothingObserver:
 
 
 SETUPS = ("off", "hook", "on")
+SETTLE_S = 1.5
+"""Idle seconds after each slice before its CPU time is read: one ``flush_interval_s`` and a
+half, so the monitoring actor's work on the slice's last observations counts for ``on``."""
+
+
+@dataclass
+class ServerProcesses:
+    """The processes that serve one setup's requests: their CPU time is what it costs."""
+
+    pids: dict[str, list[int]]
+
+    @classmethod
+    def find(cls) -> ServerProcesses:
+        import psutil
+
+        titles: dict[int, str] = {}
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = process.info["cmdline"] or [""]
+            titles[process.info["pid"]] = cmdline[0]
+
+        def matching(prefix: str) -> list[int]:
+            found = [pid for pid, title in titles.items() if title.startswith(prefix)]
+            if not found:
+                raise RuntimeError(f"no process titled {prefix}*")
+            return found
+
+        proxy = matching("ray::ProxyActor")
+        return cls(
+            {
+                setup: proxy
+                + matching(f"ray::ServeReplica:bench-{setup}:")
+                + (matching("ray::MonitoringService") if setup == "on" else [])
+                for setup in SETUPS
+            }
+        )
+
+    def cpu_seconds(self, setup: str) -> float:
+        import psutil
+
+        total = 0.0
+        for pid in self.pids[setup]:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        return total
 
 
 def deploy(registry_root: Path) -> dict[str, str]:
@@ -95,19 +147,26 @@ def deploy(registry_root: Path) -> dict[str, str]:
 
 
 def measure(urls: dict[str, str], concurrency: list[int], seconds: float, rounds: int) -> list:
+    servers = ServerProcesses.find()
     results = []
     for clients in concurrency:
         per_setup: dict[str, list[Row]] = {setup: [] for setup in SETUPS}
+        cpu_ms: dict[str, list[float]] = {setup: [] for setup in SETUPS}
         for round_number in range(rounds):
             shift = round_number % len(SETUPS)
             for setup in SETUPS[shift:] + SETUPS[:shift]:
+                cpu_before = servers.cpu_seconds(setup)
                 row = asyncio.run(closed_loop(urls[setup], clients, warmup_s=0.5, seconds=seconds))
+                time.sleep(SETTLE_S)  # the replica ships its last observations, the actor bins them
+                cpu = servers.cpu_seconds(setup) - cpu_before
                 row.setup = setup
                 per_setup[setup].append(row)
+                cpu_ms[setup].append(1000.0 * cpu / max(1, row.completed))
             print(
                 f"  {clients:3d} clients round {round_number + 1}: "
                 + "  ".join(f"{s} {per_setup[s][-1].requests_per_s:5.0f}" for s in SETUPS)
-                + " req/s",
+                + " req/s; server CPU ms/request "
+                + " ".join(f"{s} {cpu_ms[s][-1]:.2f}" for s in SETUPS),
                 flush=True,
             )
         entry: dict = {"clients": clients, "rounds": rounds, "seconds_per_round": seconds}
@@ -116,6 +175,10 @@ def measure(urls: dict[str, str], concurrency: list[int], seconds: float, rounds
             entry[f"{setup}_p50_ms"] = float(np.median([r.p50_ms for r in rows]))
             entry[f"{setup}_p99_ms"] = float(np.median([r.p99_ms for r in rows]))
             entry[f"{setup}_errors"] = sum(r.errors for r in rows)
+        for setup, values in cpu_ms.items():
+            entry[f"{setup}_cpu_ms_per_request"] = float(np.median(values))
+        entry["on_over_off_cpu"] = entry["off_cpu_ms_per_request"] / entry["on_cpu_ms_per_request"]
+        entry["cpu_ms_per_request"] = cpu_ms
         entry["on_over_off"] = entry["on_requests_per_s"] / entry["off_requests_per_s"]
         entry["hook_over_off"] = entry["hook_requests_per_s"] / entry["off_requests_per_s"]
         entry["on_over_hook"] = entry["on_requests_per_s"] / entry["hook_requests_per_s"]
@@ -127,8 +190,9 @@ def measure(urls: dict[str, str], concurrency: list[int], seconds: float, rounds
 def markdown(results: list[dict]) -> str:
     lines = [
         "| clients | off req/s | hook req/s | on req/s | on/off | hook/off | on/hook "
-        "| p50 ms off / hook / on | p99 ms off / hook / on | errors |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| p50 ms off / hook / on | p99 ms off / hook / on | errors "
+        "| server CPU ms/request off / hook / on | on/off, CPU |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for e in results:
         lines.append(
@@ -137,7 +201,9 @@ def markdown(results: list[dict]) -> str:
             f"| {e['on_over_hook']:.2f} "
             f"| {e['off_p50_ms']:.1f} / {e['hook_p50_ms']:.1f} / {e['on_p50_ms']:.1f} "
             f"| {e['off_p99_ms']:.1f} / {e['hook_p99_ms']:.1f} / {e['on_p99_ms']:.1f} "
-            f"| {sum(e[f'{s}_errors'] for s in SETUPS)} |"
+            f"| {sum(e[f'{s}_errors'] for s in SETUPS)} "
+            f"| {e['off_cpu_ms_per_request']:.2f} / {e['hook_cpu_ms_per_request']:.2f} "
+            f"/ {e['on_cpu_ms_per_request']:.2f} | {e['on_over_off_cpu']:.2f} |"
         )
     return "\n".join(lines)
 

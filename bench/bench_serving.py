@@ -50,6 +50,8 @@ class Row:
     p50_ms: float
     p99_ms: float
     errors: int
+    completed: int = 0
+    """Every request answered during the run, the warm-up's included."""
 
 
 def free_port(start: int = 20000) -> int:
@@ -143,7 +145,7 @@ async def closed_loop(url: str, clients: int, warmup_s: float, seconds: float) -
     body = json.dumps({"instances": [[0.5] * 64]}).encode()
     headers = {"content-type": "application/json"}
     latencies: list[float] = []
-    errors = 0
+    errors = completed = 0
     measure_from = time.perf_counter() + warmup_s
     stop_at = measure_from + seconds
     connector = aiohttp.TCPConnector(limit=clients)
@@ -151,12 +153,13 @@ async def closed_loop(url: str, clients: int, warmup_s: float, seconds: float) -
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
-            nonlocal errors
+            nonlocal errors, completed
             while (now := time.perf_counter()) < stop_at:
                 try:
                     async with session.post(f"{url}/predict", data=body, headers=headers) as reply:
                         await reply.read()
                         ok = reply.status == 200
+                    completed += 1
                 except aiohttp.ClientError:
                     ok = False
                 if now >= measure_from:
@@ -174,6 +177,7 @@ async def closed_loop(url: str, clients: int, warmup_s: float, seconds: float) -
         p50_ms=float(np.percentile(measured, 50)) if len(measured) else float("nan"),
         p99_ms=float(np.percentile(measured, 99)) if len(measured) else float("nan"),
         errors=errors,
+        completed=completed,
     )
 
 

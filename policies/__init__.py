@@ -2,8 +2,10 @@
 
 Gradient clipping (:func:`build_clip_policy`), numeric precision (:func:`build_precision`),
 activation checkpointing (:class:`ActivationCheckpointing`) and the stability detector that
-judges a run (:class:`StabilityDetector`). Nothing here imports Ray, reads files or speaks HTTP:
-the training loop composes these objects.
+judges a run (:class:`StabilityDetector`), composed by the training loop; the choice of a
+winner from the Pareto front (:func:`build_selection_policy`), made by the search; and the
+rules that roll a canary back (:class:`RollbackPolicy`), applied by online monitoring.
+Nothing here imports Ray, reads files or speaks HTTP.
 """
 
 from policies.activation_checkpointing import ActivationCheckpointing, SavedTensorBytes
@@ -20,25 +22,61 @@ from policies.clipping import (
     build_clip_policy,
 )
 from policies.precision import PRECISIONS, PrecisionPolicy, build_precision
+from policies.rollback import (
+    AccuracyDropRule,
+    CalibrationRule,
+    DriftRule,
+    LatencyRule,
+    RollbackDecision,
+    RollbackPolicy,
+    RollbackRule,
+    WindowStats,
+    build_rollback_policy,
+)
+from policies.selection import (
+    Candidate,
+    CheapestWithin,
+    KneePoint,
+    Selection,
+    SelectionPolicy,
+    build_selection_policy,
+    pareto_indices,
+)
 from policies.stability import StabilityConfig, StabilityDetector, StabilityReport
 
 __all__ = [
     "CLIP_METHODS",
     "PRECISIONS",
+    "AccuracyDropRule",
     "ActivationCheckpointing",
     "AdaptiveGradientClipping",
     "AutoClip",
+    "CalibrationRule",
+    "Candidate",
+    "CheapestWithin",
     "ClipByNorm",
     "ClipByValue",
     "ClipPolicy",
     "ClipReport",
+    "DriftRule",
+    "KneePoint",
+    "LatencyRule",
     "NoClipping",
     "PrecisionPolicy",
+    "RollbackDecision",
+    "RollbackPolicy",
+    "RollbackRule",
     "SavedTensorBytes",
+    "Selection",
+    "SelectionPolicy",
     "StabilityConfig",
     "StabilityDetector",
     "StabilityReport",
+    "WindowStats",
     "ZClip",
     "build_clip_policy",
     "build_precision",
+    "build_rollback_policy",
+    "build_selection_policy",
+    "pareto_indices",
 ]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from policies import ClipReport
+from policies.clipping.base import no_clip
 from search.spec import FloatRange, ProbeSection
 from train_loops.config import TrainConfig
 
@@ -45,7 +46,7 @@ class RecordingNoClip:
             len(flat), (min(SAMPLED_ELEMENTS, len(flat)),), generator=self._generator
         )
         self.abs_values.append(flat[index.to(flat.device)].abs().cpu().numpy())
-        return ClipReport(norm, torch.tensor(False))
+        return no_clip(norm)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

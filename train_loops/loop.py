@@ -121,6 +121,13 @@ def train_step(
     return StepOutcome(loss.detach(), report.grad_norm, report.clipped, stepped, correct)
 
 
+def read_step_values(loss: torch.Tensor, outcome: StepOutcome) -> list[float]:
+    """Loss, gradient norm, clipped flag and correct count, read to the host in one copy
+    (one device sync per step on a GPU instead of four)."""
+    values = (loss, outcome.grad_norm, outcome.clipped, outcome.correct)
+    return torch.stack([value.detach().to(torch.float64).reshape(()) for value in values]).tolist()
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up to 1, then cosine decay to 0.1 at ``total_steps``."""
 
@@ -259,15 +266,14 @@ def train(
             scheduler.step()
             step += 1
             batch_in_epoch += 1
-            loss = context.all_reduce_mean(outcome.loss.float()).item()
+            loss, grad_norm, clipped, correct = read_step_values(
+                context.all_reduce_mean(outcome.loss.float()), outcome
+            )
             detector.update(
-                loss=loss,
-                grad_norm=float(outcome.grad_norm),
-                clipped=bool(outcome.clipped),
-                skipped=not outcome.stepped,
+                loss=loss, grad_norm=grad_norm, clipped=clipped > 0, skipped=not outcome.stepped
             )
             window_loss += loss * len(labels)
-            window_correct += int(outcome.correct)
+            window_correct += int(correct)
             window_rows += len(labels)
             done = step >= total_steps or detector.diverged
             if step % config.report_every_steps == 0 or done:
