@@ -21,6 +21,13 @@ Ray Train V2 drains one report per worker per controller poll (every 2 s) and bl
 ``ray.train.report`` until then, so windows must last well over 2 s; the output names the
 shortest one.
 
+Paired windows: for ``train()`` in-process and in a 1-worker ``TorchTrainer``, every report
+first runs one window of the plain loop (same steps, its own model and optimizer kept between
+windows) in the same process and thread, before the report is handed on (``paired``). Each
+loop window is then compared with the plain window right after it, so both see the same
+moment of a noisy machine; time spent in ``ray.train.report`` counts for the loop. The
+unpaired rows leave those plain windows out of the loop's windows.
+
 The machine is shared, so besides wall-clock samples/s every window also records the CPU
 time of the training thread (``time.thread_time()``; in a Ray worker, the thread that runs
 ``train()``, read by a wrapper around ``ray.train.report`` in this file's per-worker function,
@@ -33,7 +40,7 @@ every figure is the median over all windows of a variant, ratios are also given 
 Usage::
 
     RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_train.py [--repeats 2] [--window 150]
-        [--windows 2] [--ac-rounds 8]
+        [--windows 4] [--ac-rounds 8]
 """
 
 from __future__ import annotations
@@ -72,6 +79,11 @@ IN_PROCESS = "train() in-process"
 RAY_ONE = "train() in TorchTrainer, 1 worker"
 RAY_TWO = "train() in TorchTrainer, 2 workers"
 VARIANTS = (PLAIN, IN_PROCESS, RAY_ONE, RAY_TWO)
+PAIRED_KEY = "bench_paired"
+PAIRED_LOOP_WALL = "bench_paired_loop_wall"
+PAIRED_LOOP_CPU = "bench_paired_loop_cpu"
+PAIRED_PLAIN_WALL = "bench_paired_plain_wall"
+PAIRED_PLAIN_CPU = "bench_paired_plain_cpu"
 DEFAULT_REPORT_EVERY = TrainConfig.__dataclass_fields__["report_every_steps"].default
 
 
@@ -90,6 +102,8 @@ class Variant:
     rounds: list[list[Window]] = field(default_factory=list)
     fixed_seconds: list[float] = field(default_factory=list)
     """Ray Train only: seconds of each ``fit()`` outside the loop's own wall clock."""
+    pairs: list[tuple[Window, Window]] = field(default_factory=list)
+    """In-process and 1-worker Ray Train: each loop window with the plain window after it."""
 
     def rates(self, clock: str) -> list[float]:
         return [w.samples / getattr(w, clock) for r in self.rounds for w in r]
@@ -128,36 +142,89 @@ def windows_from_reports(
     ]
 
 
-def plain_loop(dataset: PreparedDataset, window: int, windows: int, seed: int = 0) -> list[Window]:
-    """The minimal loop: same model, AdamW, cross-entropy, same rows per step, no extras."""
-    torch.manual_seed(seed)
-    features, labels = (torch.from_numpy(a) for a in dataset.load("train"))
-    model = build_model(MODEL, dataset.num_features, dataset.num_classes)
-    fit_standardization(model, features.numpy())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-    model.train()
-    per_epoch = len(labels) // BATCH
+class PlainLoop:
+    """The minimal loop: same model, AdamW, cross-entropy, same rows per step, no extras;
+    stepped a window at a time, its state kept between windows."""
 
-    def batches():
+    def __init__(self, dataset: PreparedDataset, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.features, self.labels = (torch.from_numpy(a) for a in dataset.load("train"))
+        self.model = build_model(MODEL, dataset.num_features, dataset.num_classes)
+        fit_standardization(self.model, self.features.numpy())
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LEARNING_RATE)
+        self.model.train()
+        self.stream = self.batches()
+
+    def batches(self):
+        per_epoch = len(self.labels) // BATCH
         while True:  # a fresh permutation every epoch, the ragged tail dropped
-            order = torch.randperm(len(labels))
+            order = torch.randperm(len(self.labels))
             for index in range(per_epoch):
                 rows = order[index * BATCH : (index + 1) * BATCH]
-                yield features[rows], labels[rows]
+                yield self.features[rows], self.labels[rows]
 
-    stream = batches()
-    result, wall, cpu = [], time.perf_counter(), time.thread_time()
-    for step in range(1, window * (windows + 1) + 1):
-        x, y = next(stream)
-        loss = functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % window == 0:
-            now_wall, now_cpu = time.perf_counter(), time.thread_time()
-            if step > window:  # the first window is the warm-up
-                result.append(Window(window * BATCH, now_wall - wall, now_cpu - cpu))
-            wall, cpu = now_wall, now_cpu
+    def run(self, steps: int) -> Window:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(steps):
+            x, y = next(self.stream)
+            loss = functional.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return Window(steps * BATCH, time.perf_counter() - wall, time.thread_time() - cpu)
+
+
+def plain_loop(dataset: PreparedDataset, window: int, windows: int, seed: int = 0) -> list[Window]:
+    """The plain loop on its own: a warm-up window, then ``windows`` timed windows."""
+    loop = PlainLoop(dataset, seed)
+    loop.run(window)
+    return [loop.run(window) for _ in range(windows)]
+
+
+def paired(forward: Any, dataset_dir: str, window: int) -> Any:
+    """Wrap a report function so that every report first runs one window of the plain loop,
+    in the same process and thread, and adds to the metrics how long that took and how long
+    ``train()`` ran since the previous plain window ended. The time spent in ``forward`` (for
+    Ray Train, ``ray.train.report``, which may wait for the controller) counts for ``train()``.
+    """
+    plain: PlainLoop | None = None
+    mark: tuple[float, float] | None = None
+
+    def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        nonlocal plain, mark
+        now = (time.perf_counter(), time.thread_time())
+        extra = {}
+        if mark is not None:
+            extra = {PAIRED_LOOP_WALL: now[0] - mark[0], PAIRED_LOOP_CPU: now[1] - mark[1]}
+        if plain is None:
+            plain = PlainLoop(PreparedDataset.open(dataset_dir))
+            plain.run(window // 5)  # warm-up
+        measured = plain.run(window)
+        extra |= {PAIRED_PLAIN_WALL: measured.wall, PAIRED_PLAIN_CPU: measured.cpu}
+        mark = (time.perf_counter(), time.thread_time())
+        return forward({**metrics, **extra}, *args, **kwargs)
+
+    return report
+
+
+def pairs_from_reports(
+    reports: list[dict[str, float]], evaluation: Window
+) -> list[tuple[Window, Window]]:
+    """(train() window, plain window) pairs: each loop window and the plain window right after
+    it; the validation pass taken out of the loop's window."""
+    reports = sorted(reports, key=lambda r: r["step"])
+    result = []
+    for before, after in itertools.pairwise(reports):
+        if PAIRED_LOOP_WALL not in after:
+            continue
+        samples = int(after["step"] - before["step"]) * BATCH
+        ours = Window(
+            samples,
+            after[PAIRED_LOOP_WALL] - evaluation.wall,
+            after[PAIRED_LOOP_CPU] - evaluation.cpu,
+        )
+        plain = Window(samples, after[PAIRED_PLAIN_WALL], after[PAIRED_PLAIN_CPU])
+        result.append((ours, plain))
     return result
 
 
@@ -174,18 +241,26 @@ def evaluation_cost(dataset: PreparedDataset, repeats: int = 20) -> Window:
     return Window(len(val_y), statistics.median(walls), statistics.median(cpus))
 
 
-def in_process(config: TrainConfig, evaluation: Window) -> list[Window]:
+Pairs = list[tuple[Window, Window]]
+
+
+def in_process(config: TrainConfig, evaluation: Window) -> tuple[list[Window], Pairs]:
+    """``train_in_process`` with a plain-loop window after every report: its own windows
+    (plain time left out) and the (ours, plain) pairs."""
     reports: list[dict[str, float]] = []
 
-    def report(metrics: dict[str, float], directory: Path | None) -> None:
-        reports.append({**metrics, CPU_KEY: time.thread_time()})
+    def collect(metrics: dict[str, float], directory: Path | None) -> None:
+        reports.append(dict(metrics))
 
-    train_in_process(config, report)
-    return windows_from_reports(reports, config, evaluation)
+    train_in_process(config, paired(collect, config.dataset_dir, config.report_every_steps))
+    pairs = pairs_from_reports(reports, evaluation)
+    return [ours for ours, _ in pairs], pairs
 
 
 def timed_train_worker(config_dict: dict[str, Any]) -> None:
-    """Our ``train_worker``, with the training thread's CPU time added to every report."""
+    """Our ``train_worker``, with the training thread's CPU time added to every report and,
+    when the config says so (one worker only), a plain-loop window run before every report
+    (:func:`paired`)."""
     import ray.train
 
     report = ray.train.report
@@ -193,7 +268,12 @@ def timed_train_worker(config_dict: dict[str, Any]) -> None:
     def report_with_cpu(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         report({**metrics, CPU_KEY: time.thread_time()}, *args, **kwargs)
 
-    ray.train.report = report_with_cpu  # train_worker looks it up at each call
+    config_dict = dict(config_dict)
+    if config_dict.pop(PAIRED_KEY):
+        window = config_dict["report_every_steps"]
+        ray.train.report = paired(report_with_cpu, config_dict["dataset_dir"], window)
+    else:
+        ray.train.report = report_with_cpu  # train_worker looks it up at each call
     try:
         train_worker(config_dict)
     finally:
@@ -201,11 +281,14 @@ def timed_train_worker(config_dict: dict[str, Any]) -> None:
 
 
 def ray_train(
-    config: TrainConfig, storage: Path, name: str, evaluation: Window
-) -> tuple[list[Window], float]:
+    config: TrainConfig, storage: Path, name: str, evaluation: Window, pair: bool = False
+) -> tuple[list[Window], float, Pairs]:
     """Fit the trainer ``build_trainer(config)`` describes (per-worker function wrapped, see
     :func:`timed_train_worker`); rank 0's reports come back through a controller callback,
-    since Ray Train V2 keeps only the metrics of checkpointed reports in its ``Result``."""
+    since Ray Train V2 keeps only the metrics of checkpointed reports in its ``Result``.
+    Returns the loop's windows, the seconds of ``fit()`` outside the loop and, with one
+    worker and ``pair``, the (ours, plain) pairs (the loop's windows then leave the plain
+    windows out)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -223,7 +306,7 @@ def ray_train(
     ours = build_trainer(config, storage_path=storage, name=name)
     trainer = TorchTrainer(
         timed_train_worker,
-        train_loop_config=ours.train_loop_config,
+        train_loop_config={**ours.train_loop_config, PAIRED_KEY: pair},
         scaling_config=ours.scaling_config,
         run_config=dataclasses.replace(ours.run_config, callbacks=[ReportLog(str(log_path))]),
         torch_config=ours.backend_config,
@@ -234,7 +317,10 @@ def ray_train(
     fit_seconds = time.perf_counter() - started
     reports = [json.loads(line) for line in log_path.read_text().splitlines()]
     fixed = fit_seconds - max(r["wall_seconds"] for r in reports)
-    return windows_from_reports(reports, config, evaluation), fixed
+    pairs = pairs_from_reports(reports, evaluation)
+    if pairs:
+        return [ours for ours, _ in pairs], fixed, pairs
+    return windows_from_reports(reports, config, evaluation), fixed, pairs
 
 
 class StepRunner:
@@ -335,7 +421,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of all four variants")
     parser.add_argument("--window", type=int, default=150, help="steps per timed window")
-    parser.add_argument("--windows", type=int, default=2, help="timed windows per run")
+    parser.add_argument("--windows", type=int, default=4, help="timed windows per run")
     parser.add_argument("--ac-rounds", type=int, default=8, help="activation-checkpointing turns")
     parser.add_argument("--ac-steps", type=int, default=8, help="steps per setting per turn")
     args = parser.parse_args()
@@ -361,20 +447,23 @@ def main() -> None:
                     if name == PLAIN:
                         windows = plain_loop(dataset, args.window, args.windows)
                     elif name == IN_PROCESS:
-                        windows = in_process(config, evaluation)
+                        windows, pairs = in_process(config, evaluation)
+                        variant.pairs.extend(pairs)
                     else:
                         workers = 1 if name == RAY_ONE else 2
-                        windows, fixed = ray_train(
+                        windows, fixed, pairs = ray_train(
                             config.replace(num_workers=workers),
                             root / "ray",
                             f"bench-{workers}w-{round_index}",
                             evaluation,
+                            pair=workers == 1,
                         )
                         variant.fixed_seconds.append(fixed)
+                        variant.pairs.extend(pairs)
                     variant.rounds.append(windows)
             # The study's default report cadence, once: a warm-up report and 5 windows.
             throttled = Variant(f"{RAY_ONE}, report_every_steps={DEFAULT_REPORT_EVERY} (once)")
-            windows, fixed = ray_train(
+            windows, fixed, _ = ray_train(
                 config.replace(
                     report_every_steps=DEFAULT_REPORT_EVERY, max_steps=6 * DEFAULT_REPORT_EVERY
                 ),
@@ -424,6 +513,26 @@ def main() -> None:
             f"{min(wall):,.0f}–{max(wall):,.0f} | {ratio(variant, plain, 'wall')} | "
             f"{statistics.median(variant.rates('cpu')):,.0f} | {ratio(variant, plain, 'cpu')} | "
             f"{f'{statistics.median(fixed):.1f} s' if fixed else '–'} |"
+        )
+    print()
+    print(
+        "Paired windows (a plain-loop window run in the same process and thread right after "
+        "each loop window):"
+    )
+    print()
+    print(
+        "| variant | pairs | loop / plain samples/s (median) | min–max | "
+        "loop / plain, CPU (median) | min–max |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in (IN_PROCESS, RAY_ONE):
+        pairs = variants[name].pairs
+        wall = [plain.wall / ours.wall for ours, plain in pairs]
+        cpu = [plain.cpu / ours.cpu for ours, plain in pairs]
+        print(
+            f"| {name} | {len(pairs)} | {statistics.median(wall):.3f}x | "
+            f"{min(wall):.2f}–{max(wall):.2f} | {statistics.median(cpu):.3f}x | "
+            f"{min(cpu):.2f}–{max(cpu):.2f} |"
         )
     one, two = variants[RAY_ONE], variants[RAY_TWO]
     print()
