@@ -62,13 +62,19 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from policies import ActivationCheckpointing, build_clip_policy, build_precision
+from policies import (
+    ActivationCheckpointing,
+    StabilityConfig,
+    StabilityDetector,
+    build_clip_policy,
+    build_precision,
+)
 from train_loops.batches import evaluate
 from train_loops.config import TrainConfig
 from train_loops.data import DataSpec, PreparedDataset, prepare_dataset
-from train_loops.loop import train_step
+from train_loops.loop import WorkerContext, read_step_values, train_step, warmup_cosine
 from train_loops.models import ModelSpec, build_model, fit_standardization
-from train_loops.worker import train_in_process, train_worker
+from train_loops.worker import arrow_batches, train_in_process, train_worker
 
 MODEL = ModelSpec("mlp", {"hidden": 256, "depth": 4})
 BATCH = 64
@@ -323,6 +329,62 @@ def ray_train(
     return windows_from_reports(reports, config, evaluation), fixed, pairs
 
 
+def step_costs(
+    dataset: PreparedDataset, config: TrainConfig, rounds: int, steps: int
+) -> dict[str, float]:
+    """Median CPU ms per step of the plain loop's step and of the loop's per-step work, taking
+    turns every ``steps`` steps in this thread. The loop's step is put together from the
+    functions ``train()`` calls each step: the next batch from ``ArrowShardBatches``,
+    ``train_step`` (autocast, backward, unscale, clip policy ``none``, which measures the
+    gradient norm, optimizer step, ``zero_grad``), the LR scheduler, ``read_step_values`` and
+    the stability detector; the per-report work (validation, metrics) is not in it."""
+    plain = PlainLoop(dataset)
+    torch.manual_seed(0)
+    model = build_model(MODEL, dataset.num_features, dataset.num_classes)
+    fit_standardization(model, dataset.load("train")[0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10, 10**6))
+    precision = build_precision("fp32", torch.device("cpu"))
+    clip = build_clip_policy({"method": "none"}, model)
+    detector = StabilityDetector(StabilityConfig())
+    source = arrow_batches(config, WorkerContext())
+
+    def batch_stream():
+        for epoch in itertools.count():
+            yield from source.epoch(epoch)
+
+    stream = batch_stream()
+
+    def ours(count: int) -> float:
+        started = time.thread_time()
+        for _ in range(count):
+            features, labels = next(stream)
+            outcome = train_step(model, features, labels, optimizer, precision, clip)
+            scheduler.step()
+            loss, grad_norm, clipped, _ = read_step_values(outcome.loss.float(), outcome)
+            detector.update(
+                loss=loss, grad_norm=grad_norm, clipped=clipped > 0, skipped=not outcome.stepped
+            )
+        return time.thread_time() - started
+
+    def theirs(count: int) -> float:
+        return plain.run(count).cpu
+
+    ours(steps), theirs(steps)  # warm-up
+    times: dict[str, list[float]] = {"plain": [], "ours": []}
+    for _ in range(rounds):
+        times["ours"].append(ours(steps) / steps * 1e3)
+        times["plain"].append(theirs(steps) / steps * 1e3)
+    ratios = [p / o for p, o in zip(times["plain"], times["ours"], strict=True)]
+    return {
+        "plain_ms": statistics.median(times["plain"]),
+        "ours_ms": statistics.median(times["ours"]),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
 class StepRunner:
     """A model built as ``train()`` builds it, stepped with the loop's own ``train_step``."""
 
@@ -423,6 +485,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=150, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=4, help="timed windows per run")
     parser.add_argument("--ac-rounds", type=int, default=8, help="activation-checkpointing turns")
+    parser.add_argument("--step-rounds", type=int, default=30, help="per-step cost turns")
+    parser.add_argument("--step-block", type=int, default=10, help="steps per turn")
     parser.add_argument("--ac-steps", type=int, default=8, help="steps per setting per turn")
     args = parser.parse_args()
     torch.set_num_threads(1)  # what a 1-CPU Ray worker gets
@@ -475,6 +539,7 @@ def main() -> None:
             throttled.fixed_seconds.append(fixed)
         finally:
             ray.shutdown()
+        steps = step_costs(dataset, config, args.step_rounds, args.step_block)
         ac = {
             batch: activation_rows(
                 dataset, config, batch, args.ac_rounds, max(2, args.ac_steps * BATCH // batch)
@@ -534,6 +599,13 @@ def main() -> None:
             f"{min(wall):.2f}–{max(wall):.2f} | {statistics.median(cpu):.3f}x | "
             f"{min(cpu):.2f}–{max(cpu):.2f} |"
         )
+    print()
+    print(
+        f"Per-step CPU cost, taking turns every {args.step_block} steps for "
+        f"{args.step_rounds} rounds: plain step {steps['plain_ms']:.2f} ms, the loop's per-step "
+        f"work {steps['ours_ms']:.2f} ms; plain / loop {steps['ratio']:.3f}x (median of "
+        f"rounds, {steps['ratio_min']:.2f}–{steps['ratio_max']:.2f})"
+    )
     one, two = variants[RAY_ONE], variants[RAY_TWO]
     print()
     print(
