@@ -11,7 +11,7 @@ import torch
 from train_loops.batches import ArrowShardBatches
 from train_loops.checkpoint import load_checkpoint, load_model_for_export
 from train_loops.config import TrainConfig
-from train_loops.loop import REPORTED_METRICS
+from train_loops.loop import REPORTED_METRICS, StepOutcome, read_step_values
 from train_loops.models import ModelSpec
 from train_loops.worker import train_in_process
 
@@ -150,3 +150,28 @@ def test_config_refuses_unknown_keys_and_bad_values(digits):
         TrainConfig(dataset_dir="x", precision="fp8")
     config = TrainConfig(dataset_dir=str(digits.root), model=ModelSpec("cnn", {"depth": 2}))
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_step_values_reach_the_host_exactly(device):
+    outcome = StepOutcome(
+        loss=torch.tensor(2.302585, device=device),
+        grad_norm=torch.tensor(float("inf"), device=device),
+        clipped=torch.tensor(True, device=device),
+        stepped=True,
+        correct=torch.tensor(63, device=device),
+    )
+    loss, grad_norm, clipped, correct = read_step_values(outcome.loss, outcome)
+    assert loss == pytest.approx(2.302585)
+    assert grad_norm == math.inf  # a non-finite norm must reach the detector as such
+    assert clipped > 0
+    assert correct == 63 and int(correct) == 63
