@@ -7,23 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import NoReturn
 
 import click
 
+from search.cli_errors import UserError, fail
 
-class UserError(click.ClickException):
-    """A mistake in what the user gave us: one line on stderr, exit status 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"trimtab: error: {self.format_message()}", err=True, file=file)
-
-
-def fail(message: str) -> NoReturn:
-    """Abort the command with a one-line error and exit status 2."""
-    raise UserError(message)
+__all__ = ["UserError", "fail", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -19,8 +19,8 @@ import sys
 import click
 import ray
 
-from search.cli import UserError
 from search.cli_commands import study_run
+from search.cli_errors import UserError
 
 USAGE_NAME = "ray submit cluster.yaml search/submit.py --"
 

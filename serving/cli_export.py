@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from search.cli import UserError
+from search.cli_errors import UserError
 
 CHECKPOINT_FILES = ("state.pt", "train_config.json")
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from search.cli_errors import UserError
+
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
@@ -91,9 +93,6 @@ def monitor(url: str, as_json: bool, no_ks: bool, timeout: float) -> None:
     """Print the monitoring summary of a running service: drift, online accuracy,
     calibration and slices per model version, and the canary."""
     import httpx
-
-    # Imported here: search.cli imports this module while it builds the command group.
-    from search.cli import UserError
 
     endpoint = url.rstrip("/") + "/monitoring/summary"
     try:

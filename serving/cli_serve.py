@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from search.cli import UserError
+from search.cli_errors import UserError
 
 
 def _interrupt(signal_number: int, frame: object) -> None:

@@ -97,3 +97,15 @@ def test_train_command_refuses_bad_data_before_starting_ray(tmp_path):
     assert result.exit_code == 2
     assert "feature column 'a' has NaN or infinite values" in result.output
     assert str(rows) in result.output
+
+
+@pytest.mark.parametrize("first", ["serving.cli", "serving.cli_serve", "serving.cli_monitor"])
+def test_serving_commands_import_on_their_own(first):
+    # Each in a fresh interpreter: the order of the first imports is what used to break.
+    code = (
+        f"import {first}\n"
+        "from search.cli import main\n"
+        "assert {'export', 'serve', 'monitor'} <= set(main.commands), sorted(main.commands)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
