@@ -46,16 +46,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "bench"))
 
+from bench_monitoring import SETUPS, DoNothingObserver  # noqa: E402
 from bench_serving import build_registry  # noqa: E402
-
-SETUPS = ("off", "hook", "on")
-
-
-class DoNothingObserver:
-    """A prediction observer that ignores everything (not a NoOpObserver, which the app skips)."""
-
-    def observe(self, request_id, version, features, probabilities, latency_s) -> None:
-        return None
 
 
 def build_apps(registry_root: Path) -> tuple[dict, Callable[[], None]]:

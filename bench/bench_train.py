@@ -339,13 +339,8 @@ def step_costs(
     gradient norm, optimizer step, ``zero_grad``), the LR scheduler, ``read_step_values`` and
     the stability detector; the per-report work (validation, metrics) is not in it."""
     plain = PlainLoop(dataset)
-    torch.manual_seed(0)
-    model = build_model(MODEL, dataset.num_features, dataset.num_classes)
-    fit_standardization(model, dataset.load("train")[0])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10, 10**6))
-    precision = build_precision("fp32", torch.device("cpu"))
-    clip = build_clip_policy({"method": "none"}, model)
+    runner = StepRunner(dataset, 0, dataset.load("train")[0])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(runner.optimizer, warmup_cosine(10, 10**6))
     detector = StabilityDetector(StabilityConfig())
     source = arrow_batches(config, WorkerContext())
 
@@ -359,7 +354,9 @@ def step_costs(
         started = time.thread_time()
         for _ in range(count):
             features, labels = next(stream)
-            outcome = train_step(model, features, labels, optimizer, precision, clip)
+            outcome = train_step(
+                runner.model, features, labels, runner.optimizer, runner.precision, runner.clip
+            )
             scheduler.step()
             loss, grad_norm, clipped, _ = read_step_values(outcome.loss.float(), outcome)
             detector.update(

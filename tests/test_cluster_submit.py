@@ -30,50 +30,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
+from local_processes import MARKER, ephemeral_port, marked, stop_marked
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-MARKER = "TRIMTAB_TEST_RAY_HEAD"
-RAY_WORKER_PORTS = range(10002, 20000)
 HEAD_ADDRESSES = [f"127.0.0.{last}" for last in range(2, 10)]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    assert port not in RAY_WORKER_PORTS, port
-    return port
-
-
-def _marked(value: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(MARKER) == value:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
-def _stop_marked(value: str) -> None:
-    """SIGTERM every process carrying ``MARKER=value``, then SIGKILL what is left after 3 s
-    (the raylet and the GCS server outlast a SIGTERM sent to all of them at once)."""
-    processes = _marked(value)
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=3)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
 
 
 def _which(tool: str) -> str | None:
@@ -210,17 +175,17 @@ def local_cluster() -> Iterator[LocalCluster]:
     marker = uuid.uuid4().hex
     home = temp / "home"
     _write_head_home(home)
-    gcs_port = _free_port()
+    gcs_port = ephemeral_port()
     ports = {
         "--port": gcs_port,
-        "--dashboard-port": _free_port(),  # checked for conflicts even with no dashboard
-        "--dashboard-agent-listen-port": _free_port(),
-        "--dashboard-agent-grpc-port": _free_port(),
-        "--ray-client-server-port": _free_port(),
-        "--runtime-env-agent-port": _free_port(),
-        "--metrics-export-port": _free_port(),
-        "--node-manager-port": _free_port(),
-        "--object-manager-port": _free_port(),
+        "--dashboard-port": ephemeral_port(),  # checked for conflicts even with no dashboard
+        "--dashboard-agent-listen-port": ephemeral_port(),
+        "--dashboard-agent-grpc-port": ephemeral_port(),
+        "--ray-client-server-port": ephemeral_port(),
+        "--runtime-env-agent-port": ephemeral_port(),
+        "--metrics-export-port": ephemeral_port(),
+        "--node-manager-port": ephemeral_port(),
+        "--object-manager-port": ephemeral_port(),
     }
     head_start = " ".join(
         [
@@ -265,13 +230,13 @@ def local_cluster() -> Iterator[LocalCluster]:
     finally:
         if sshd is not None:
             sshd.terminate()
-        _stop_marked(marker)  # the head's Ray, sshd's sessions, the client's SSH connections
+        stop_marked(marker)  # the head's Ray, sshd's sessions, the client's SSH connections
         shutil.rmtree(temp, ignore_errors=True)
         control = _ssh_control_dir(config["cluster_name"])
         shutil.rmtree(control, ignore_errors=True)
         with contextlib.suppress(OSError):
             control.parent.rmdir()  # only if no other cluster's sockets are in it
-    assert not _marked(marker), "processes of the test's cluster survived teardown"
+    assert not marked(marker), "processes of the test's cluster survived teardown"
 
 
 def test_ray_up_then_ray_submit_runs_a_study(local_cluster: LocalCluster) -> None:

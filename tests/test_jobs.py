@@ -10,10 +10,8 @@ daemons, and the raylet to its workers and the job's driver), and teardown ends 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,48 +20,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
+from local_processes import MARKER, ephemeral_port, marked, stop_marked
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-MARKER = "TRIMTAB_TEST_RAY_HEAD"
-RAY_WORKER_PORTS = range(10002, 20000)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    assert port not in RAY_WORKER_PORTS, port
-    return port
-
-
-def _marked(value: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(MARKER) == value:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
-def _stop_marked(value: str) -> None:
-    """SIGTERM every process carrying ``MARKER=value``, then SIGKILL what is left after 3 s
-    (the raylet and the GCS server outlast a SIGTERM sent to all of them at once)."""
-    processes = _marked(value)
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=3)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
 
 
 @pytest.fixture()
@@ -83,17 +46,17 @@ def ray_head() -> Iterator[str]:
             "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         }
     )
-    dashboard_port = _free_port()
+    dashboard_port = ephemeral_port()
     ports = {
-        "--port": _free_port(),
+        "--port": ephemeral_port(),
         "--dashboard-port": dashboard_port,
-        "--dashboard-agent-listen-port": _free_port(),
-        "--dashboard-agent-grpc-port": _free_port(),
-        "--ray-client-server-port": _free_port(),
-        "--runtime-env-agent-port": _free_port(),
-        "--metrics-export-port": _free_port(),
-        "--node-manager-port": _free_port(),
-        "--object-manager-port": _free_port(),
+        "--dashboard-agent-listen-port": ephemeral_port(),
+        "--dashboard-agent-grpc-port": ephemeral_port(),
+        "--ray-client-server-port": ephemeral_port(),
+        "--runtime-env-agent-port": ephemeral_port(),
+        "--metrics-export-port": ephemeral_port(),
+        "--node-manager-port": ephemeral_port(),
+        "--object-manager-port": ephemeral_port(),
     }
     command = [
         str(VENV_BIN / "ray"),
@@ -119,9 +82,9 @@ def ray_head() -> Iterator[str]:
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{dashboard_port}"
     finally:
-        _stop_marked(marker)
+        stop_marked(marker)
         shutil.rmtree(temp, ignore_errors=True)
-    assert not _marked(marker), "processes of the test's Ray head survived teardown"
+    assert not marked(marker), "processes of the test's Ray head survived teardown"
 
 
 def _client(address: str, timeout: float = 60.0):

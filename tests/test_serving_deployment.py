@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from local_processes import free_port
 from pydantic import ValidationError
 from test_serving_http_api import (
     ADMIN_TOKEN,
@@ -45,18 +46,6 @@ APP_NAME = "trimtab"
 DEPLOYMENT_NAME = "InferenceService"
 REPLICA_PREFIX = f"SERVE_REPLICA::{APP_NAME}#{DEPLOYMENT_NAME}#"
 ONE_ROW = {"instances": [[0.5] * NUM_FEATURES]}
-
-
-def free_port(start: int = 20000) -> int:
-    """A free TCP port on 127.0.0.1 at or above ``start`` (outside Ray's 10002-19999)."""
-    for port in range(start, 40000):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:

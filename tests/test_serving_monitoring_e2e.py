@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from local_processes import free_port
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from policies.rollback import AccuracyDropRule, RollbackPolicy
@@ -52,19 +53,6 @@ MONITORING = MonitoringConfig(
     slices=(FeatureRangeSlice("ink-centre", "pixel_36", low=8.0),),
     rollback=POLICY,
 )
-
-
-def free_port(start: int = 20000) -> int:
-    import socket
-
-    for port in range(start, 40000):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
