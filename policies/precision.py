@@ -111,6 +111,12 @@ class PrecisionPolicy:
         return stepped
 
     @property
+    def scales_loss(self) -> bool:
+        """Whether a dynamic loss scaler is active (fp16): it then skips overflowing steps
+        itself, so the step must not refuse non-finite gradients before it does."""
+        return self.scaler.is_enabled()
+
+    @property
     def loss_scale(self) -> float:
         """Current loss scale (1.0 when there is no scaler)."""
         return float(self.scaler.get_scale())

@@ -1,4 +1,5 @@
-"""Winner selection: pick one point from a Pareto front of (instability, cost), both minimised.
+"""Winner selection: pick one point from a Pareto front of (instability, cost), both minimised,
+letting validation loss decide between points the trade-off cannot tell apart.
 
 Example::
 
@@ -6,6 +7,9 @@ Example::
     >>> KneePoint()(front).key
     'b'
     >>> CheapestWithin(tolerance=0.2)(front).key
+    'b'
+    >>> front = [Candidate("a", 0.0, 2.0, val_loss=0.4), Candidate("b", 0.02, 2.1, val_loss=0.1)]
+    >>> PreferLowerValidationLoss(KneePoint(), instability_tolerance=0.05)(front).key
     'b'
 """
 
@@ -24,6 +28,8 @@ class Candidate:
     key: str
     instability: float
     cost: float
+    val_loss: float = math.inf
+    """Validation loss at the end of the trial (``inf``: unknown)."""
 
 
 @dataclass(frozen=True)
@@ -101,24 +107,72 @@ class CheapestWithin:
         )
 
 
-def build_selection_policy(name: str, tolerance: float = 0.1) -> SelectionPolicy:
-    """``"knee"`` or ``"cheapest_within"``."""
-    if name == "knee":
-        return KneePoint()
-    if name == "cheapest_within":
-        return CheapestWithin(tolerance)
-    raise ValueError(f"unknown selection policy {name!r}; use 'knee' or 'cheapest_within'")
+@dataclass(frozen=True)
+class PreferLowerValidationLoss:
+    """Wraps a policy. Given every feasible candidate, it lets ``policy`` choose from their
+    (instability, cost) Pareto front; then, among all candidates within tolerance of that
+    choice — instability at most ``instability_tolerance`` higher (absolute) and cost at most
+    ``cost_tolerance`` higher (relative) — the one with the lowest validation loss wins, and
+    the reason says so. Accuracy beyond the floor then counts: of two nearly equally stable,
+    equally cheap trials the better model is shipped."""
 
+    policy: SelectionPolicy
+    instability_tolerance: float = 0.05
+    cost_tolerance: float = 0.1
 
-def pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated points (both coordinates minimised; ties all kept)."""
-    front = []
-    for i, (a1, a2) in enumerate(points):
-        dominated = any(
-            (b1 <= a1 and b2 <= a2) and (b1 < a1 or b2 < a2)
-            for j, (b1, b2) in enumerate(points)
-            if j != i
+    def __post_init__(self) -> None:
+        for name in ("instability_tolerance", "cost_tolerance"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def __call__(self, candidates: Sequence[Candidate]) -> Selection:
+        _check(candidates)
+        points = [(c.instability, c.cost) for c in candidates]
+        chosen = self.policy([candidates[i] for i in pareto_indices(points)])
+        base = next(c for c in candidates if c.key == chosen.key)
+        close = [
+            c
+            for c in candidates
+            if c.instability <= base.instability + self.instability_tolerance
+            and c.cost <= base.cost * (1 + self.cost_tolerance) + 1e-12
+        ]
+        best = min(close, key=lambda c: (c.val_loss, c.cost, c.instability))
+        if best.key == base.key or not best.val_loss < base.val_loss:
+            return chosen
+        return Selection(
+            best.key,
+            f"{chosen.reason}; then {best.key} over {base.key} for its lower validation loss "
+            f"({best.val_loss:.4g} vs {base.val_loss:.4g}) within tolerance (instability "
+            f"+{self.instability_tolerance:g}, cost +{self.cost_tolerance:.0%})",
         )
-        if not dominated:
-            front.append(i)
-    return front
+
+
+def build_selection_policy(
+    name: str, tolerance: float = 0.1, cost_tolerance: float = 0.1
+) -> SelectionPolicy:
+    """``"knee"`` or ``"cheapest_within"``, with :class:`PreferLowerValidationLoss` around it
+    (``tolerance`` on the instability scale, ``cost_tolerance`` relative)."""
+    if name == "knee":
+        policy: SelectionPolicy = KneePoint()
+    elif name == "cheapest_within":
+        policy = CheapestWithin(tolerance)
+    else:
+        raise ValueError(f"unknown selection policy {name!r}; use 'knee' or 'cheapest_within'")
+    return PreferLowerValidationLoss(
+        policy, instability_tolerance=tolerance, cost_tolerance=cost_tolerance
+    )
+
+
+def pareto_indices(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated points (every coordinate minimised; ties all kept)."""
+
+    def dominates(b: Sequence[float], a: Sequence[float]) -> bool:
+        return all(y <= x for y, x in zip(b, a, strict=True)) and any(
+            y < x for y, x in zip(b, a, strict=True)
+        )
+
+    return [
+        i
+        for i, a in enumerate(points)
+        if not any(dominates(b, a) for j, b in enumerate(points) if j != i)
+    ]

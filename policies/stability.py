@@ -1,11 +1,18 @@
-"""Stability detector: watches loss and gradient norm step by step, counts what went wrong,
-declares divergence so a run can stop early, and condenses it all into one score."""
+"""Stability detector: watches loss, gradient norm and validation loss step by step, counts what
+went wrong, declares divergence so a run can stop early, and condenses it into one score.
+
+What it scores is what a practitioner looks at on a training dashboard: loss spikes and
+gradient-norm spikes (both against a robust running baseline), non-finite steps, loss-scale
+backoffs *after* the fp16 scaler's initial calibration, divergence, and whether the run learned
+at all. Severity and frequency both count.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import statistics
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,44 +22,79 @@ from policies import _validation
 
 logger = logging.getLogger(__name__)
 
-# Below 1 so that a run that did not diverge always scores better than one that did.
 MAX_SCORE_WITHOUT_DIVERGENCE = 0.99
+"""Below 1 so that a run that did not diverge always scores better than one that did."""
+
+MAD_TO_SIGMA = 1.4826
+"""``1.4826 * MAD`` estimates the standard deviation of normally distributed values."""
+
+_MIN_SPREAD = 1e-3
+"""Floor of the robust spread (log units for gradient norms, loss units times the loss scale
+for losses), so a perfectly flat baseline does not turn noise into infinite z-scores."""
 
 
 @dataclass(frozen=True)
 class StabilityConfig:
-    """How :class:`StabilityDetector` recognises spikes and divergence and scores a run."""
+    """How :class:`StabilityDetector` recognises spikes, divergence and stalling, and scores."""
 
-    ema_alpha: float = 0.95
-    """Smoothing factor of the exponential moving mean and variance of the loss, in (0, 1)."""
+    window: int = 50
+    """Finite values (per signal) in the robust running baseline (median and MAD); >= 5."""
     warmup_steps: int = 20
-    """Finite losses seen before spikes are looked for (the EMA needs them to settle); >= 1."""
-    spike_z: float = 4.0
-    """A loss is a spike when its z-score against the EMA exceeds this (and see below); > 0."""
-    spike_min_rise: float = 0.1
-    """...and when it exceeds the EMA mean by more than this fraction of the mean's magnitude,
-    so tiny fluctuations of a very flat loss are not spikes; >= 0."""
+    """Finite values seen before spikes are looked for (the baseline needs them); >= 1."""
+    spike_z: float = 6.0
+    """A value is a spike when its robust z-score ``(x - median) / (1.4826 MAD)`` against the
+    baseline exceeds this (and see the two rules below); > 0."""
+    loss_spike_min_rise: float = 0.25
+    """...a loss must also exceed the median by this fraction of ``max(median, 0.1 x first
+    loss)``, so batch noise of a nearly-zero loss is not a spike; >= 0."""
+    grad_spike_min_ratio: float = 2.0
+    """...and a gradient norm must be at least this multiple of the median norm (norms are
+    compared on a log scale); >= 1."""
+    max_severity: float = 5.0
+    """A spike's severity is ``z / spike_z`` (1 at the threshold), capped here; >= 1."""
     divergence_factor: float = 3.0
-    """The run diverges when the loss EMA stays above this multiple of the first finite
-    loss...; > 1."""
+    """The run diverges when the loss EMA stays above this multiple of the first finite loss
+    for ``divergence_patience`` consecutive steps; > 1."""
     divergence_patience: int = 10
-    """...for this many consecutive steps; >= 1."""
+    """...also when that many consecutive steps after the first successful update are bad
+    (non-finite gradients, or fp16 overflows); >= 1."""
+    ema_alpha: float = 0.95
+    """Smoothing factor of the loss EMA the divergence rule watches, in (0, 1)."""
     grad_norm_window: int = 1000
-    """Gradient-norm percentiles are taken over the last this-many finite norms; >= 1."""
-    spike_weight: float = 10.0
-    """Weight ``a`` of the spike rate in the instability score; >= 0."""
-    nonfinite_weight: float = 20.0
-    """Weight ``b`` of the rate of non-finite or skipped steps in the instability score; >= 0."""
+    """Gradient-norm percentiles (telemetry) are taken over the last this-many finite norms."""
+    min_loss_reduction: float = 0.1
+    """A run is *stalled* when its validation loss fell by less than this fraction of its
+    value before training (``loss_reduction < min_loss_reduction``); >= 0 (0 disables)."""
+    loss_spike_weight: float = 10.0
+    """Weight of the loss-spike rate (summed severities per step) in the score; >= 0."""
+    grad_spike_weight: float = 1.5
+    """Weight of the gradient-norm spike rate in the score; >= 0."""
+    bad_step_weight: float = 20.0
+    """Weight of the rate of non-finite steps and post-calibration scaler backoffs; >= 0."""
+    progress_weight: float = 1.0
+    """Weight of the progress shortfall ``clip((min - reduction) / min, 0, 1)``; >= 0."""
 
     def __post_init__(self) -> None:
-        checked = {
-            "ema_alpha": _validation.in_range(
-                "ema_alpha", self.ema_alpha, 0.0, 1.0, low_open=True, high_open=True
-            ),
+        def non_negative(name: str) -> float:
+            return _validation.in_range(
+                name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True
+            )
+
+        checked: dict[str, Any] = {
+            "window": _validation.integer("window", self.window, minimum=5),
             "warmup_steps": _validation.integer("warmup_steps", self.warmup_steps, minimum=1),
             "spike_z": _validation.positive("spike_z", self.spike_z),
-            "spike_min_rise": _validation.in_range(
-                "spike_min_rise", self.spike_min_rise, 0.0, math.inf, low_open=False, high_open=True
+            "loss_spike_min_rise": non_negative("loss_spike_min_rise"),
+            "grad_spike_min_ratio": _validation.in_range(
+                "grad_spike_min_ratio",
+                self.grad_spike_min_ratio,
+                1.0,
+                math.inf,
+                low_open=False,
+                high_open=True,
+            ),
+            "max_severity": _validation.in_range(
+                "max_severity", self.max_severity, 1.0, math.inf, low_open=False, high_open=True
             ),
             "divergence_factor": _validation.in_range(
                 "divergence_factor",
@@ -65,23 +107,41 @@ class StabilityConfig:
             "divergence_patience": _validation.integer(
                 "divergence_patience", self.divergence_patience, minimum=1
             ),
+            "ema_alpha": _validation.in_range(
+                "ema_alpha", self.ema_alpha, 0.0, 1.0, low_open=True, high_open=True
+            ),
             "grad_norm_window": _validation.integer(
                 "grad_norm_window", self.grad_norm_window, minimum=1
             ),
-            "spike_weight": _validation.in_range(
-                "spike_weight", self.spike_weight, 0.0, math.inf, low_open=False, high_open=True
-            ),
-            "nonfinite_weight": _validation.in_range(
-                "nonfinite_weight",
-                self.nonfinite_weight,
+            "min_loss_reduction": _validation.in_range(
+                "min_loss_reduction",
+                self.min_loss_reduction,
                 0.0,
-                math.inf,
+                1.0,
                 low_open=False,
                 high_open=True,
             ),
         }
+        for name in (
+            "loss_spike_weight",
+            "grad_spike_weight",
+            "bad_step_weight",
+            "progress_weight",
+        ):
+            checked[name] = non_negative(name)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> StabilityConfig:
+        """Build from a plain mapping; an unknown key raises ``ValueError`` naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown stability setting(s) {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -91,13 +151,24 @@ class StabilityReport:
     steps: int
     """Optimizer steps reported (calls of :meth:`StabilityDetector.update`)."""
     loss_spikes: int
-    """Steps whose loss was a spike (see :class:`StabilityConfig`)."""
+    """Steps whose loss was a spike."""
+    loss_spike_severity: float
+    """Sum of the loss spikes' severities (each ``z / spike_z``, capped)."""
+    grad_norm_spikes: int
+    """Steps whose gradient norm (before clipping) was a spike."""
+    grad_norm_spike_severity: float
+    """Sum of the gradient-norm spikes' severities."""
     nonfinite_steps: int
-    """Steps with a non-finite loss or gradient norm."""
+    """Steps with a non-finite loss or gradient norm that the loss scaler did not handle."""
     clipped_steps: int
     """Steps on which the clipping policy changed the gradients."""
     skipped_steps: int
-    """Steps the fp16 loss scaler skipped."""
+    """Steps whose update was not applied (scaler overflow or a refused non-finite step)."""
+    scaler_calibration_skips: int
+    """fp16 overflows while the loss scaler was calibrating: before its first successful step,
+    or right after it raised the scale. Expected, and not scored."""
+    scaler_backoffs: int
+    """fp16 overflows after calibration: the scale had to come down mid-run. Scored."""
     clipped_fraction: float
     """``clipped_steps / steps`` (0.0 before any step)."""
     grad_norm_p50: float
@@ -106,13 +177,21 @@ class StabilityReport:
     """95th percentile of the recent finite gradient norms (0.0 when there are none)."""
     grad_norm_max: float
     """Largest finite gradient norm of the whole run (0.0 when there is none)."""
+    initial_val_loss: float
+    """Validation loss before training (0.0 until observed)."""
+    loss_reduction: float
+    """``(first - latest) / first`` of the validation loss (of the training loss's medians
+    when no validation loss was observed); negative when it rose, clamped to [-10, 1]."""
+    stalled: bool
+    """The run learned too little: ``loss_reduction < min_loss_reduction`` once two
+    validation losses (or, without them, two windows of training losses) were seen."""
     instability_score: float
-    """0.0 smooth ... 1.0 diverged; see :meth:`StabilityDetector.instability_score`."""
+    """0.0 smooth ... 1.0 diverged; see :class:`StabilityDetector`."""
     diverged: bool
     """Whether the run diverged (see :attr:`StabilityDetector.diverged`)."""
 
     def as_metrics(self) -> dict[str, float]:
-        """Every field as a float under its own name (``diverged`` as 0.0 or 1.0)."""
+        """Every field as a float under its own name (flags as 0.0 or 1.0)."""
         return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
@@ -128,32 +207,48 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def robust_z(value: float, baseline: Sequence[float], floor: float) -> tuple[float, float]:
+    """``(z, median)``: ``z = (value - median) / max(1.4826 MAD, floor)`` over ``baseline``."""
+    median = statistics.median(baseline)
+    mad = statistics.median(abs(x - median) for x in baseline)
+    return (value - median) / max(MAD_TO_SIGMA * mad, floor), median
+
+
 class StabilityDetector:
-    """Fed the loss and gradient norm once per optimizer step, tracks how stable training is.
+    """Fed once per optimizer step (and once per validation), tracks how stable training is.
 
-    **Spikes.** The loss has an exponential moving mean ``m`` and variance ``v``, updated with
-    every finite loss ``x`` (``d = x - m; m += (1 - alpha) d; v = alpha (v + (1 - alpha) d^2)``,
-    starting from the first finite loss with ``v = 0``). After ``warmup_steps`` finite losses, a
-    loss *before* its update is a spike when ``(x - m) / sqrt(v) > spike_z`` and
-    ``x - m > spike_min_rise * |m|``.
+    **Spikes.** Loss and gradient norm each keep a window of their last ``window`` finite values
+    (gradient norms as ``log``). After ``warmup_steps`` values, a new value ``x`` is a spike when
+    its robust z-score ``z = (x - median) / (1.4826 MAD)`` over the window exceeds ``spike_z``,
+    and, for the loss, ``x - median > loss_spike_min_rise * max(median, 0.1 * first loss)``;
+    for the gradient norm, ``norm > grad_spike_min_ratio * median norm``. Its severity is
+    ``min(max_severity, z / spike_z)``. Spikes enter the window too, so a loss that jumps and
+    stays up keeps counting until the baseline catches up: an unrecovered spike costs more than
+    a recovered one. Gradient norms are taken before clipping, so an explosion that clipping
+    held still counts (less than loss spikes, by weight).
 
-    **Divergence** (sticky, so a run can stop early): a non-finite loss, or the loss EMA above
-    ``divergence_factor`` times the first finite loss for ``divergence_patience`` consecutive
-    steps. The second rule assumes a positive loss (cross-entropy, MSE); with a first loss
-    <= 0 only the non-finite rule applies.
+    **Bad steps.** A non-finite loss or gradient norm that the fp16 loss scaler did not handle,
+    and a scaler overflow after calibration (a *backoff*). Overflows before the scaler's first
+    successful step, or right after it raised its scale, are calibration and are not scored.
+
+    **Divergence** (sticky, so a run can stop early): a non-finite loss; the loss EMA above
+    ``divergence_factor`` x the first finite loss for ``divergence_patience`` steps; or
+    ``divergence_patience`` consecutive bad steps after the first successful update.
+
+    **Progress.** :meth:`observe_validation` is given the validation loss before training and at
+    each evaluation; ``loss_reduction = (first - latest) / first``. Without validation losses
+    the medians of the first and the last ``warmup_steps`` training losses stand in.
 
     **Instability score**, in [0, 1]::
 
-        1.0                                                            if diverged
-        min(0.99, 1 - exp(-(a * spikes / steps + b * bad / steps)))    otherwise
+        1.0                                               if diverged
+        min(0.99, 1 - exp(-E))                            otherwise, where
+        E = (w_loss * S_loss + w_grad * S_grad + w_bad * bad) / steps + w_progress * shortfall
 
-    with ``a = spike_weight``, ``b = nonfinite_weight`` and ``bad`` the steps with a non-finite
-    loss or gradient norm or skipped by the fp16 scaler (each step counted once). A smooth run
-    scores exactly 0.0; the score rises with the spike rate and the bad-step rate; only a
-    diverged run reaches 1.0.
-
-    Memory is bounded: the gradient-norm percentiles use the last ``grad_norm_window`` finite
-    norms; the maximum is kept over the whole run.
+    ``S_loss``, ``S_grad`` the summed spike severities, ``bad`` the bad steps, and
+    ``shortfall = clip((min_loss_reduction - loss_reduction) / min_loss_reduction, 0, 1)``.
+    A smooth run that learned scores exactly 0.0; one mild spike in 200 steps about 0.05;
+    a spike every ten steps about 0.6; a run that learned nothing at least 0.63.
 
     >>> detector = StabilityDetector(StabilityConfig())
     >>> detector.update(loss=2.3, grad_norm=1.2, clipped=False, skipped=False)
@@ -163,85 +258,203 @@ class StabilityDetector:
 
     def __init__(self, config: StabilityConfig | None = None) -> None:
         self.config = config if config is not None else StabilityConfig()
+        window = self.config.window
         self._steps = 0
         self._loss_spikes = 0
+        self._loss_spike_severity = 0.0
+        self._grad_norm_spikes = 0
+        self._grad_norm_spike_severity = 0.0
         self._nonfinite_steps = 0
         self._clipped_steps = 0
         self._skipped_steps = 0
-        self._bad_steps = 0
+        self._scaler_calibration_skips = 0
+        self._scaler_backoffs = 0
+        self._stepped_once = False
+        self._scale_just_grew = False
+        self._last_loss_scale = 0.0
+        self._consecutive_bad = 0
         self._finite_losses = 0
         self._initial_loss = 0.0
-        self._loss_mean = 0.0
-        self._loss_var = 0.0
+        self._loss_ema = 0.0
         self._steps_above_start = 0
         self._diverged = False
+        self._loss_window: deque[float] = deque(maxlen=window)
+        self._log_norm_window: deque[float] = deque(maxlen=window)
+        self._first_losses: list[float] = []
         self._grad_norms: deque[float] = deque(maxlen=self.config.grad_norm_window)
         self._grad_norm_max = 0.0
+        self._validations = 0
+        self._initial_val_loss = 0.0
+        self._latest_val_loss = 0.0
 
-    def update(self, *, loss: float, grad_norm: float, clipped: bool, skipped: bool) -> None:
-        """Record one optimizer step. Tensors are accepted too (they are read to the host)."""
+    # -- feeding -------------------------------------------------------------------------------
+
+    def update(
+        self,
+        *,
+        loss: float,
+        grad_norm: float,
+        clipped: bool,
+        skipped: bool,
+        scaler_overflow: bool = False,
+        loss_scale: float | None = None,
+    ) -> None:
+        """Record one optimizer step. ``skipped``: the update was not applied.
+        ``scaler_overflow``: the fp16 loss scaler skipped it (its gradients overflowed);
+        ``loss_scale``: the scale after the step, to tell growth probes from backoffs.
+        Tensors are accepted too (they are read to the host)."""
         loss, grad_norm = float(loss), float(grad_norm)
-        clipped, skipped = bool(clipped), bool(skipped)
+        clipped, skipped, scaler_overflow = bool(clipped), bool(skipped), bool(scaler_overflow)
         self._steps += 1
         self._clipped_steps += clipped
-        self._skipped_steps += skipped
+        self._skipped_steps += skipped or scaler_overflow
         loss_finite, norm_finite = math.isfinite(loss), math.isfinite(grad_norm)
-        if not (loss_finite and norm_finite):
+
+        bad = False
+        if scaler_overflow:
+            if not self._stepped_once or self._scale_just_grew:
+                self._scaler_calibration_skips += 1
+            else:
+                self._scaler_backoffs += 1
+                bad = True
+        elif not (loss_finite and norm_finite):
             self._nonfinite_steps += 1
-        if not (loss_finite and norm_finite) or skipped:
-            self._bad_steps += 1
-        if norm_finite:
-            self._grad_norms.append(grad_norm)
-            self._grad_norm_max = max(self._grad_norm_max, grad_norm)
+            bad = True
+        if not (skipped or scaler_overflow):
+            self._stepped_once = True
+        self._note_loss_scale(loss_scale)
+        self._consecutive_bad = self._consecutive_bad + 1 if bad else 0
+        if self._stepped_once and self._consecutive_bad >= self.config.divergence_patience:
+            self._declare_divergence(f"{self._consecutive_bad} consecutive bad steps")
+
+        if norm_finite and not scaler_overflow:
+            self._observe_grad_norm(grad_norm)
         if loss_finite:
             self._observe_loss(loss)
-        elif not self._diverged:
-            self._diverged = True
-            logger.warning("training diverged at step %d: loss is %s", self._steps, loss)
+        else:
+            self._declare_divergence(f"loss is {loss}")
+
+    def observe_validation(self, val_loss: float) -> None:
+        """Record a validation loss: the first call is the loss before training."""
+        val_loss = float(val_loss)
+        if not math.isfinite(val_loss):
+            val_loss = math.inf
+        if self._validations == 0:
+            self._initial_val_loss = val_loss
+        self._latest_val_loss = val_loss
+        self._validations += 1
+
+    def _note_loss_scale(self, loss_scale: float | None) -> None:
+        if loss_scale is None:
+            return
+        loss_scale = float(loss_scale)
+        self._scale_just_grew = self._last_loss_scale > 0 and loss_scale > self._last_loss_scale
+        self._last_loss_scale = loss_scale
+
+    def _observe_grad_norm(self, grad_norm: float) -> None:
+        self._grad_norms.append(grad_norm)
+        self._grad_norm_max = max(self._grad_norm_max, grad_norm)
+        if grad_norm <= 0.0:
+            return
+        value = math.log(grad_norm)
+        config = self.config
+        window = self._log_norm_window
+        if len(window) >= config.warmup_steps:
+            z, median = robust_z(value, window, _MIN_SPREAD)
+            if z > config.spike_z and value - median >= math.log(config.grad_spike_min_ratio):
+                severity = min(config.max_severity, z / config.spike_z)
+                self._grad_norm_spikes += 1
+                self._grad_norm_spike_severity += severity
+                logger.info(
+                    "gradient-norm spike at step %d: %.4g (median %.4g, severity %.2f)",
+                    self._steps,
+                    grad_norm,
+                    math.exp(median),
+                    severity,
+                )
+        window.append(value)
 
     def _observe_loss(self, loss: float) -> None:
         config = self.config
         if self._finite_losses == 0:
-            self._initial_loss = self._loss_mean = loss
+            self._initial_loss = self._loss_ema = loss
         else:
-            if self._finite_losses >= config.warmup_steps and self._is_spike(loss):
-                self._loss_spikes += 1
-                logger.info(
-                    "loss spike at step %d: %.4g (EMA %.4g)", self._steps, loss, self._loss_mean
-                )
-            delta = loss - self._loss_mean
-            self._loss_mean += (1 - config.ema_alpha) * delta
-            self._loss_var = config.ema_alpha * (self._loss_var + (1 - config.ema_alpha) * delta**2)
+            delta = loss - self._loss_ema
+            self._loss_ema += (1 - config.ema_alpha) * delta
         self._finite_losses += 1
+        if len(self._first_losses) < config.warmup_steps:
+            self._first_losses.append(loss)
+
+        window = self._loss_window
+        if len(window) >= config.warmup_steps:
+            scale = abs(self._initial_loss) or 1.0
+            z, median = robust_z(loss, window, _MIN_SPREAD * scale)
+            floor = max(abs(median), 0.1 * abs(self._initial_loss))
+            if z > config.spike_z and loss - median > config.loss_spike_min_rise * floor:
+                severity = min(config.max_severity, z / config.spike_z)
+                self._loss_spikes += 1
+                self._loss_spike_severity += severity
+                logger.info(
+                    "loss spike at step %d: %.4g (median %.4g, severity %.2f)",
+                    self._steps,
+                    loss,
+                    median,
+                    severity,
+                )
+        window.append(loss)
 
         if (
             self._initial_loss > 0
-            and self._loss_mean > config.divergence_factor * self._initial_loss
+            and self._loss_ema > config.divergence_factor * self._initial_loss
         ):
             self._steps_above_start += 1
         else:
             self._steps_above_start = 0
-        if self._steps_above_start >= config.divergence_patience and not self._diverged:
-            self._diverged = True
-            logger.warning(
-                "training diverged at step %d: loss EMA %.4g stayed above %g x the first loss %.4g",
-                self._steps,
-                self._loss_mean,
-                config.divergence_factor,
-                self._initial_loss,
+        if self._steps_above_start >= config.divergence_patience:
+            self._declare_divergence(
+                f"loss EMA {self._loss_ema:.4g} stayed above {config.divergence_factor:g} x "
+                f"the first loss {self._initial_loss:.4g}"
             )
 
-    def _is_spike(self, loss: float) -> bool:
-        rise = loss - self._loss_mean
-        if rise <= self.config.spike_min_rise * abs(self._loss_mean):
-            return False
-        std = math.sqrt(self._loss_var)
-        return std == 0.0 or rise / std > self.config.spike_z
+    def _declare_divergence(self, why: str) -> None:
+        if not self._diverged:
+            self._diverged = True
+            logger.warning("training diverged at step %d: %s", self._steps, why)
+
+    # -- reading -------------------------------------------------------------------------------
 
     @property
     def diverged(self) -> bool:
         """Whether the run has diverged; once true it stays true."""
         return self._diverged
+
+    def loss_reduction(self) -> float:
+        """See :attr:`StabilityReport.loss_reduction`."""
+        if self._validations >= 1:
+            first, latest = self._initial_val_loss, self._latest_val_loss
+        elif self._finite_losses > len(self._first_losses) and self._first_losses:
+            recent = list(self._loss_window)[-len(self._first_losses) :]
+            first, latest = statistics.median(self._first_losses), statistics.median(recent)
+        else:
+            return 0.0
+        if not math.isfinite(first) or first <= 0:
+            return 0.0
+        if not math.isfinite(latest):
+            return -10.0
+        return max(-10.0, min(1.0, (first - latest) / first))
+
+    def stalled(self) -> bool:
+        """See :attr:`StabilityReport.stalled`."""
+        seen_enough = self._validations >= 2 or (
+            self._validations == 0 and self._finite_losses >= 2 * self.config.warmup_steps
+        )
+        return seen_enough and self.loss_reduction() < self.config.min_loss_reduction
+
+    def _progress_shortfall(self) -> float:
+        needed = self.config.min_loss_reduction
+        if needed <= 0 or not self.stalled():
+            return 0.0
+        return min(1.0, max(0.0, (needed - self.loss_reduction()) / needed))
 
     def instability_score(self) -> float:
         """The score described in the class docstring."""
@@ -249,58 +462,67 @@ class StabilityDetector:
             return 1.0
         if self._steps == 0:
             return 0.0
+        config = self.config
+        bad_steps = self._nonfinite_steps + self._scaler_backoffs
         exponent = (
-            self.config.spike_weight * self._loss_spikes
-            + self.config.nonfinite_weight * self._bad_steps
-        ) / self._steps
+            config.loss_spike_weight * self._loss_spike_severity
+            + config.grad_spike_weight * self._grad_norm_spike_severity
+            + config.bad_step_weight * bad_steps
+        ) / self._steps + config.progress_weight * self._progress_shortfall()
         return min(MAX_SCORE_WITHOUT_DIVERGENCE, 1.0 - math.exp(-exponent))
 
     def report(self) -> StabilityReport:
         """Everything counted so far."""
         norms = list(self._grad_norms)
+        initial_val = self._initial_val_loss if math.isfinite(self._initial_val_loss) else 1e6
         return StabilityReport(
             steps=self._steps,
             loss_spikes=self._loss_spikes,
+            loss_spike_severity=self._loss_spike_severity,
+            grad_norm_spikes=self._grad_norm_spikes,
+            grad_norm_spike_severity=self._grad_norm_spike_severity,
             nonfinite_steps=self._nonfinite_steps,
             clipped_steps=self._clipped_steps,
             skipped_steps=self._skipped_steps,
+            scaler_calibration_skips=self._scaler_calibration_skips,
+            scaler_backoffs=self._scaler_backoffs,
             clipped_fraction=self._clipped_steps / self._steps if self._steps else 0.0,
             grad_norm_p50=percentile(norms, 50.0),
             grad_norm_p95=percentile(norms, 95.0),
             grad_norm_max=self._grad_norm_max,
+            initial_val_loss=initial_val,
+            loss_reduction=self.loss_reduction(),
+            stalled=self.stalled(),
             instability_score=self.instability_score(),
             diverged=self._diverged,
         )
 
+    # -- checkpointing -------------------------------------------------------------------------
+
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`load_state_dict` needs to continue exactly; plain Python values."""
-        return {
-            "steps": self._steps,
-            "loss_spikes": self._loss_spikes,
-            "nonfinite_steps": self._nonfinite_steps,
-            "clipped_steps": self._clipped_steps,
-            "skipped_steps": self._skipped_steps,
-            "bad_steps": self._bad_steps,
-            "finite_losses": self._finite_losses,
-            "initial_loss": self._initial_loss,
-            "loss_mean": self._loss_mean,
-            "loss_var": self._loss_var,
-            "steps_above_start": self._steps_above_start,
-            "diverged": self._diverged,
-            "grad_norms": list(self._grad_norms),
-            "grad_norm_max": self._grad_norm_max,
-        }
+        state: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if name == "config":
+                continue
+            key = name.removeprefix("_")
+            state[key] = list(value) if isinstance(value, deque | list) else value
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (a smaller window keeps the newest gradient norms)."""
+        """Restore :meth:`state_dict` (smaller windows keep the newest values)."""
         expected = set(self.state_dict())
         if set(state) != expected:
             raise ValueError(
                 f"stability state must have keys {sorted(expected)}, got {sorted(state)}"
             )
-        for name in expected - {"diverged", "grad_norms"}:
-            setattr(self, f"_{name}", state[name])
-        self._diverged = bool(state["diverged"])
-        self._grad_norms = deque(
-            (float(norm) for norm in state["grad_norms"]), maxlen=self.config.grad_norm_window
-        )
+        for key in expected:
+            current = getattr(self, f"_{key}")
+            value = state[key]
+            if isinstance(current, deque):
+                value = deque((float(v) for v in value), maxlen=current.maxlen)
+            elif isinstance(current, list):
+                value = [float(v) for v in value]
+            elif isinstance(current, bool):
+                value = bool(value)
+            setattr(self, f"_{key}", value)

@@ -22,15 +22,25 @@ logger = logging.getLogger(__name__)
 INSTABILITY = "instability_score"
 
 
+VALIDATION_LOSS = "val_loss"
+
+
 def objective_names(spec: StudySpec) -> list[str]:
-    """Both minimised: the detector's instability score, then the configured cost."""
-    return [INSTABILITY, spec.objectives.cost]
+    """All minimised: the detector's instability score, the configured cost, and the
+    validation loss when the spec asks for it."""
+    names = [INSTABILITY, spec.objectives.cost]
+    if spec.objectives.validation_loss:
+        names.append(VALIDATION_LOSS)
+    return names
 
 
 def constraint_values(spec: StudySpec, result: dict[str, Any]) -> list[float]:
-    """Optuna's convention: each value ``<= 0`` is satisfied. A diverged run violates the first."""
+    """Optuna's convention: each value ``<= 0`` is satisfied. A diverged run violates the first;
+    a stalled one (it learned too little) the second unless ``allow_stalled``."""
     values = [float(result.get("diverged", 1.0))]
     limits = spec.constraints
+    if not limits.allow_stalled:
+        values.append(float(result.get("stalled", 1.0)))
     if limits.min_val_accuracy is not None:
         values.append(limits.min_val_accuracy - float(result.get("val_accuracy", 0.0)))
     if limits.max_peak_memory_mb is not None:
@@ -40,6 +50,8 @@ def constraint_values(spec: StudySpec, result: dict[str, Any]) -> list[float]:
 
 def constraint_names(spec: StudySpec) -> list[str]:
     names = ["not_diverged"]
+    if not spec.constraints.allow_stalled:
+        names.append("not_stalled")
     if spec.constraints.min_val_accuracy is not None:
         names.append("min_val_accuracy")
     if spec.constraints.max_peak_memory_mb is not None:
@@ -47,8 +59,17 @@ def constraint_names(spec: StudySpec) -> list[str]:
     return names
 
 
+ERRORED_VIOLATION = 1.0
+"""Every constraint of a trial that raised is told to Optuna as at least this far violated."""
+
+
 class ConstrainedOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that stores each trial's constraint values before telling Optuna."""
+    """``OptunaSearch`` that stores each trial's constraint values before telling Optuna.
+
+    A trial that raised after reporting would be told COMPLETE with its partial values (Ray's
+    behaviour), feasible as far as Optuna knows; here every constraint of such a trial is
+    marked violated and the user attribute ``errored`` is set, so it is infeasible in the
+    journal as it is in our trial table."""
 
     def __init__(self, *args: Any, spec_json: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,9 +82,12 @@ class ConstrainedOptunaSearch(OptunaSearch):
             spec = StudySpec.model_validate_json(self._spec_json)
             ot_trial = self._ot_trials[trial_id]
             values = constraint_values(spec, result)
+            if error:
+                values = [max(value, ERRORED_VIOLATION) for value in values]
             for name, value in zip(constraint_names(spec), values, strict=True):
                 ot_trial.set_constraint(name, value)
             ot_trial.set_user_attr("diverged", bool(result.get("diverged", 0.0)))
+            ot_trial.set_user_attr("errored", bool(error))
             ot_trial.set_user_attr("tune_trial_id", trial_id)
         super().on_trial_complete(trial_id, result=result, error=error)
 

@@ -2,8 +2,8 @@
 
 Parameter names Optuna sees (and the trial table shows): ``clip_method``, one conditional
 threshold per method (``max_norm``, ``clip_value``, ``agc_clipping``, ``autoclip_percentile``,
-``zclip_z_threshold``), ``precision``, ``activation_checkpointing``, ``learning_rate`` and any
-``extra`` training setting the spec adds.
+``zclip_z_threshold``), ``precision``, ``activation_checkpointing``, ``learning_rate``,
+``optimizer``, ``warmup_steps`` and any ``extra`` training setting the spec adds.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class ResolvedSpace:
         trial.suggest_categorical("activation_checkpointing", list(space.activation_checkpointing))
         if space.learning_rate is not None:
             _suggest(trial, "learning_rate", space.learning_rate)
+        trial.suggest_categorical("optimizer", list(space.optimizer))
+        trial.suggest_categorical("warmup_steps", list(space.warmup_steps))
         for name, choice in space.extra.items():
             if isinstance(choice, FloatRange):
                 _suggest(trial, name, choice)
@@ -91,4 +93,8 @@ def describe_params(params: dict[str, Any]) -> str:
     parts = [clip, str(params.get("precision", "")), f"ac={params.get('activation_checkpointing')}"]
     if "learning_rate" in params:
         parts.append(f"lr={params['learning_rate']:.2e}")
+    if "optimizer" in params:
+        parts.append(str(params["optimizer"]))
+    if "warmup_steps" in params:
+        parts.append(f"warmup={params['warmup_steps']}")
     return " ".join(parts)

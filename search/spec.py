@@ -12,8 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from policies import StabilityConfig
 from train_loops.config import TrainConfig
 from train_loops.data import DataSpec
 from train_loops.models import ModelSpec
@@ -76,6 +84,8 @@ class TrainingSection(_Strict):
     max_steps: int | None = Field(None, ge=1)
     global_batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(20, ge=0)
     clipping: dict[str, Any] = Field(default_factory=lambda: {"method": "none"})
@@ -91,6 +101,12 @@ class TrainingSection(_Strict):
     max_failures: int = Field(0, ge=0)
     price_per_worker_hour: float = Field(0.10, ge=0)
     data_loader: Literal["arrow", "ray_data"] = "arrow"
+
+    @field_validator("stability")
+    @classmethod
+    def _known_stability_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        StabilityConfig.from_mapping(value)  # names an unknown key or a bad value
+        return value
 
 
 class ClipSpace(_Strict):
@@ -117,6 +133,10 @@ class SearchSpace(_Strict):
     )
     activation_checkpointing: list[int] = Field(default_factory=lambda: [0, 2], min_length=1)
     learning_rate: FloatRange | None = FloatRange(low=3e-4, high=3e-2)
+    optimizer: list[Literal["adamw", "sgd"]] = Field(
+        default_factory=lambda: ["adamw", "sgd"], min_length=1
+    )
+    warmup_steps: list[int] = Field(default_factory=lambda: [0, 20], min_length=1)
     extra: dict[str, FloatRange | list[Any]] = Field(
         default_factory=dict,
         description="more training settings to search: a range or a list of choices",
@@ -149,19 +169,40 @@ class SearchSection(_Strict):
 
 
 class ObjectivesSection(_Strict):
-    """Both objectives are minimised: instability (the detector's score) and cost."""
+    """All minimised: instability (the detector's score), a cost, and optionally val loss.
 
-    cost: Literal["cost_dollars", "device_seconds"] = "cost_dollars"
+    ``cost_to_target_dollars`` (default) charges the calibrated cost of the steps a run took to
+    first reach ``constraints.min_val_accuracy``: it rewards settings that get to a usable
+    model sooner, which a fixed step budget (``cost_dollars``, ``device_seconds``: the whole
+    run) cannot see."""
+
+    cost: Literal["cost_to_target_dollars", "cost_dollars", "device_seconds"] = (
+        "cost_to_target_dollars"
+    )
+    validation_loss: bool = Field(False, description="add val_loss as a third objective")
 
 
 class ConstraintsSection(_Strict):
     min_val_accuracy: float | None = Field(0.8, ge=0, le=1)
     max_peak_memory_mb: float | None = Field(None, gt=0)
+    allow_stalled: bool = Field(
+        False,
+        description="a run whose validation loss fell by less than "
+        "training.stability.min_loss_reduction (default 0.1) is infeasible unless this is true",
+    )
 
 
 class SelectionSection(_Strict):
     policy: Literal["knee", "cheapest_within"] = "knee"
-    tolerance: float = Field(0.1, ge=0, description="cheapest_within: instability slack")
+    tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="instability slack: cheapest_within's, and how much less stable a trial "
+        "with a lower validation loss may be and still win",
+    )
+    cost_tolerance: float = Field(
+        0.1, ge=0, description="relative cost slack for a trial with a lower validation loss"
+    )
 
 
 class FinalFitSection(_Strict):
@@ -183,6 +224,17 @@ class StudySpec(_Strict):
     constraints: ConstraintsSection = Field(default_factory=ConstraintsSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
     final_fit: FinalFitSection = Field(default_factory=FinalFitSection)
+
+    @model_validator(mode="after")
+    def _target_for_cost(self) -> StudySpec:
+        if self.objectives.cost == "cost_to_target_dollars" and (
+            self.constraints.min_val_accuracy is None
+        ):
+            raise ValueError(
+                "objectives.cost 'cost_to_target_dollars' needs constraints.min_val_accuracy "
+                "(the target); set one or use cost_dollars"
+            )
+        return self
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> StudySpec:
@@ -210,7 +262,11 @@ class StudySpec(_Strict):
 
     def train_config(self, dataset_dir: Path | str, **overrides: Any) -> TrainConfig:
         """The shared training settings as the typed object the loop takes."""
-        values = {**self.training.model_dump(), **overrides}
+        values = {
+            **self.training.model_dump(),
+            "target_val_accuracy": self.constraints.min_val_accuracy,
+            **overrides,
+        }
         values["model"] = ModelSpec(self.model.name, dict(self.model.options))
         return TrainConfig(dataset_dir=str(dataset_dir), **values)
 

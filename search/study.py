@@ -28,7 +28,7 @@ import ray.tune
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from policies.selection import Candidate, build_selection_policy, pareto_indices
+from policies.selection import Candidate, Selection, build_selection_policy, pareto_indices
 from search.optuna_wiring import (
     ConstrainedOptunaSearch,
     DivergenceStopper,
@@ -132,7 +132,7 @@ class Study:
         searcher = ConstrainedOptunaSearch(
             space=space,
             metric=objective_names(self.spec),
-            mode=["min", "min"],
+            mode=["min"] * len(objective_names(self.spec)),
             sampler=build_sampler(self.spec),
             study_name=self.spec.name,
             storage=self._storage(),
@@ -177,16 +177,7 @@ class Study:
         front = trials[trials["on_front"]] if len(trials) else trials
         winner, reason = None, "no feasible trial"
         if len(front):
-            policy = build_selection_policy(
-                self.spec.selection.policy, self.spec.selection.tolerance
-            )
-            cost = self.spec.objectives.cost
-            selection = policy(
-                [
-                    Candidate(row.trial_id, row.instability_score, row[cost])
-                    for _, row in front.iterrows()
-                ]
-            )
+            selection = select_winner(self.spec, trials[trials["feasible"]])
             trials["winner"] = trials["trial_id"] == selection.key
             winner = trials[trials["winner"]].iloc[0]
             reason = selection.reason
@@ -249,15 +240,28 @@ def trial_table(spec: StudySpec, grid: ray.tune.ResultGrid) -> pd.DataFrame:
     if table.empty:
         return table
     table = table.sort_values("trial_id").reset_index(drop=True)
-    cost = spec.objectives.cost
     table["on_front"] = False
     feasible = table[table["feasible"]]
     if len(feasible):
-        points = list(zip(feasible["instability_score"], feasible[cost], strict=True))
+        points = feasible[objective_names(spec)].to_numpy().tolist()
         front_rows = feasible.index[pareto_indices(points)]
         table.loc[front_rows, "on_front"] = True
     table["winner"] = False
     return table
+
+
+def select_winner(spec: StudySpec, feasible: pd.DataFrame) -> Selection:
+    """The selection policy's choice among the feasible trials (see
+    :class:`~policies.selection.PreferLowerValidationLoss`)."""
+    selection = spec.selection
+    policy = build_selection_policy(selection.policy, selection.tolerance, selection.cost_tolerance)
+    cost = spec.objectives.cost
+    return policy(
+        [
+            Candidate(row.trial_id, row.instability_score, getattr(row, cost), row.val_loss)
+            for row in feasible.itertuples()
+        ]
+    )
 
 
 def _trial_config(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any] | None:

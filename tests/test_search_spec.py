@@ -43,8 +43,8 @@ def test_defaults_build_a_train_config(tmp_path):
             "search.space.clipping.methods.1",
         ),
         (
-            "search:\n  space:\n    extra: {momentum: [0.9]}\n",
-            "unknown training setting(s): momentum",
+            "search:\n  space:\n    extra: {nesterov: [true]}\n",
+            "unknown training setting(s): nesterov",
         ),
         ("- just\n- a list\n", "expected a mapping"),
         ("name: [unclosed\n", "not valid YAML"),

@@ -10,10 +10,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies import StabilityConfig
 from train_loops.models import ModelSpec
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_LOADERS = ("ray_data", "arrow")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -24,18 +26,22 @@ class TrainConfig:
     """A directory written by ``train_loops.data.prepare_dataset``."""
     model: ModelSpec = field(default_factory=ModelSpec)
     """Which model to build (built-in zoo name or ``package.module:factory``)."""
-    epochs: int = 5
+    epochs: int = 4
     """Passes over the training split."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (``None``: run all epochs)."""
     global_batch_size: int = 64
     """Rows per optimizer step over all workers; each worker takes ``global / num_workers``."""
-    learning_rate: float = 1e-3
-    """Peak learning rate of AdamW, reached after ``warmup_steps``."""
+    learning_rate: float = 3e-3
+    """Peak learning rate, reached after ``warmup_steps``."""
+    optimizer: str = "adamw"
+    """``adamw`` or ``sgd`` (with ``momentum``)."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by AdamW)."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """Weight decay of either optimizer (decoupled for AdamW)."""
     warmup_steps: int = 20
-    """Linear warm-up from 0 to ``learning_rate``; cosine decay to 10% afterwards."""
+    """Linear warm-up from 0 to ``learning_rate`` (0: none); cosine decay to 10% afterwards."""
     clipping: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
     """Entry for ``policies.build_clip_policy`` (e.g. ``{"method": "norm", "max_norm": 1.0}``)."""
     precision: str = "fp32"
@@ -63,6 +69,13 @@ class TrainConfig:
     """Ray Train ``FailureConfig(max_failures)``: whole-group restarts from the last checkpoint."""
     price_per_worker_hour: float = 0.10
     """Dollars per worker-hour, for the cost telemetry."""
+    step_cost_seconds: float | None = None
+    """Calibrated device-seconds of one optimizer step on one worker (a study measures it per
+    setting). When set, cost = steps x this x workers, independent of the machine's load;
+    ``None``: cost follows wall-clock time."""
+    target_val_accuracy: float | None = None
+    """Validation accuracy whose first reach sets ``steps_to_target``/``cost_to_target_dollars``
+    (checked at each report; a study sets it to its accuracy floor)."""
     data_loader: str = "arrow"
     """``arrow``: each worker reads the Parquet split with pyarrow and takes a seeded, rank-strided
     shard (bit-exact resume). ``ray_data``: Ray Data shards via ``get_dataset_shard`` (streams
@@ -72,6 +85,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.step_cost_seconds is not None and not self.step_cost_seconds > 0:
+            raise ValueError(f"step_cost_seconds must be > 0, got {self.step_cost_seconds}")
+        StabilityConfig.from_mapping(self.stability)
         if self.data_loader not in DATA_LOADERS:
             raise ValueError(f"data_loader must be one of {DATA_LOADERS}, got {self.data_loader!r}")
         for name in (

@@ -10,9 +10,9 @@ gradient: DDP has averaged it during backward) → scaler step/update → ``zero
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from policies import (
     SavedTensorBytes,
     StabilityConfig,
     StabilityDetector,
+    StabilityReport,
     build_clip_policy,
     build_precision,
 )
@@ -48,22 +49,17 @@ REPORTED_METRICS = (
     "train_accuracy",
     "val_loss",
     "val_accuracy",
-    "loss_spikes",
-    "nonfinite_steps",
-    "skipped_steps",
-    "clipped_fraction",
-    "grad_norm_p50",
-    "grad_norm_p95",
-    "grad_norm_max",
+    *(field.name for field in dataclasses.fields(StabilityReport) if field.name != "steps"),
     "loss_scale",
-    "instability_score",
-    "diverged",
     "wall_seconds",
+    "wall_cost_dollars",
     "device_seconds",
+    "cost_dollars",
+    "steps_to_target",
+    "cost_to_target_dollars",
     "samples_per_second",
     "activation_bytes",
     "peak_memory_mb",
-    "cost_dollars",
     "steps_planned",
     "resumed_from_step",
 )
@@ -93,6 +89,8 @@ class StepOutcome(NamedTuple):
     clipped: torch.Tensor
     stepped: bool
     correct: torch.Tensor
+    scaler_overflow: bool = False
+    """The loss scaler skipped the update because the scaled gradients overflowed."""
 
 
 def train_step(
@@ -112,13 +110,14 @@ def train_step(
     report = clip([p for p in model.parameters() if p.grad is not None])
     # fp16: the scaler sees inf/NaN itself, skips the step and lowers the scale. fp32/bf16:
     # refuse a non-finite step here, before it poisons the weights.
-    if precision.name == "fp16" or bool(torch.isfinite(report.grad_norm)):
+    if precision.scales_loss or bool(torch.isfinite(report.grad_norm)):
         stepped = precision.step(optimizer)
     else:
         stepped = False
     optimizer.zero_grad(set_to_none=True)
     correct = (logits.detach().argmax(dim=1) == labels).sum()
-    return StepOutcome(loss.detach(), report.grad_norm, report.clipped, stepped, correct)
+    overflow = precision.scales_loss and not stepped
+    return StepOutcome(loss.detach(), report.grad_norm, report.clipped, stepped, correct, overflow)
 
 
 def read_step_values(loss: torch.Tensor, outcome: StepOutcome) -> list[float]:
@@ -143,15 +142,74 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return multiplier
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA allocator peak on GPU; peak resident set size of this process on CPU."""
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with (Nesterov-free) momentum, at the configured peak learning rate."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+
+def tensor_bytes(tensors: Any) -> int:
+    """Bytes held by the tensors found in ``tensors`` (nested dicts, lists, tuples)."""
+    if isinstance(tensors, torch.Tensor):
+        return tensors.numel() * tensors.element_size()
+    if isinstance(tensors, dict):
+        return sum(tensor_bytes(value) for value in tensors.values())
+    if isinstance(tensors, list | tuple):
+        return sum(tensor_bytes(value) for value in tensors)
+    return 0
+
+
+def training_memory_bytes(
+    model: nn.Module, optimizer: torch.optim.Optimizer, activation_bytes: float
+) -> float:
+    """What a step needs, deterministically: parameters + their gradients + optimizer state +
+    the activations the forward pass saves for backward (measured once per run)."""
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    optimizer_state = tensor_bytes(list(optimizer.state.values()))
+    return float(parameters + gradients + optimizer_state) + activation_bytes
+
+
+def peak_memory_mb(
+    device: torch.device,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    activation_bytes: float,
+) -> float:
+    """CUDA allocator peak since the run started on a GPU; on CPU, where the process's RSS
+    measures torch and Ray rather than the setting, :func:`training_memory_bytes`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return training_memory_bytes(model, optimizer, activation_bytes) / 2**20
 
 
 def finite(value: float, penalty: float = NONFINITE_LOSS_PENALTY) -> float:
     return float(value) if math.isfinite(value) else penalty
+
+
+@dataclass
+class CostMeter:
+    """Cost of the steps taken so far: calibrated (``steps x step_cost_seconds``) when the
+    config carries a per-step cost, wall-clock otherwise; wall-clock always as telemetry."""
+
+    config: TrainConfig
+    world_size: int
+
+    def device_seconds(self, steps: int, wall_seconds: float) -> float:
+        if self.config.step_cost_seconds is not None:
+            return steps * self.config.step_cost_seconds * self.world_size
+        return wall_seconds * self.world_size
+
+    def dollars(self, device_seconds: float) -> float:
+        return device_seconds / 3600.0 * self.config.price_per_worker_hour
 
 
 def train(
@@ -168,7 +226,8 @@ def train(
 
     ``clip_policy`` replaces the configured clipping (the search's gradient probe passes one
     that records the gradients it sees). Returns the last report's metrics plus
-    ``test_loss``/``test_accuracy``.
+    ``test_loss``/``test_accuracy``. The run ends with a report carrying a checkpoint whichever
+    of ``epochs`` and ``max_steps`` ends it.
     """
     context = context or WorkerContext()
     device = context.device
@@ -176,6 +235,8 @@ def train(
     dataset = PreparedDataset.open(config.dataset_dir)
     train_features, _ = dataset.load("train")
     val_x, val_y = (torch.from_numpy(a).to(device) for a in dataset.load("validation"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     model = build_model(config.model, dataset.num_features, dataset.num_classes)
     fit_standardization(model, train_features)
@@ -184,19 +245,20 @@ def train(
     model = context.prepare_model(model.to(device))
     bare_model = model.module if hasattr(model, "module") else model
 
-    total_steps = config.max_steps or config.epochs * batches_per_epoch
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    epoch_steps = config.epochs * batches_per_epoch
+    total_steps = min(config.max_steps, epoch_steps) if config.max_steps else epoch_steps
+    optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.warmup_steps, total_steps)
     )
     precision = build_precision(config.precision, device)
     clip = clip_policy if clip_policy is not None else build_clip_policy(config.clipping, model)
-    detector = StabilityDetector(StabilityConfig(**config.stability))
+    detector = StabilityDetector(StabilityConfig.from_mapping(config.stability))
+    cost = CostMeter(config, context.world_size)
 
     step, epoch, batch_in_epoch = 0, 0, 0
     elapsed_before, activation_bytes, resumed_from_step = 0.0, 0.0, 0
+    steps_to_target: int | None = None
     if resume is not None:
         bare_model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -209,7 +271,11 @@ def train(
         resumed_from_step = step
         elapsed_before = resume["wall_seconds"]
         activation_bytes = resume["activation_bytes"]
+        steps_to_target = resume["steps_to_target"]
         logger.info("resumed at step %d (epoch %d, batch %d)", step, epoch, batch_in_epoch)
+    else:
+        # The validation loss before training: the baseline "did it learn?" is measured from.
+        detector.observe_validation(evaluate(model, val_x, val_y, precision.autocast)[0])
 
     started = time.perf_counter()
     window_loss, window_correct, window_rows = 0.0, 0, 0
@@ -217,9 +283,19 @@ def train(
     model.train()
 
     def build_metrics() -> dict[str, float]:
+        nonlocal steps_to_target
         val_loss, val_accuracy = evaluate(model, val_x, val_y, precision.autocast)
+        detector.observe_validation(val_loss)
+        target = config.target_val_accuracy
+        if steps_to_target is None and target is not None and val_accuracy >= target:
+            steps_to_target = step
         wall = elapsed_before + time.perf_counter() - started
+        device_seconds = cost.device_seconds(step, wall)
+        # Never reached: charged as the whole planned run (finite; the accuracy floor
+        # constraint makes such a run infeasible anyway).
+        to_target = steps_to_target if steps_to_target is not None else total_steps
         stability = detector.report().as_metrics()
+        del stability["steps"]
         return {
             **stability,
             "step": float(step),
@@ -230,11 +306,16 @@ def train(
             "val_accuracy": val_accuracy,
             "loss_scale": finite(precision.loss_scale),
             "wall_seconds": wall,
-            "device_seconds": wall * context.world_size,
+            "wall_cost_dollars": cost.dollars(wall * context.world_size),
+            "device_seconds": device_seconds,
+            "cost_dollars": cost.dollars(device_seconds),
+            "steps_to_target": float(to_target),
+            "cost_to_target_dollars": cost.dollars(
+                cost.device_seconds(to_target, wall * to_target / max(1, step))
+            ),
             "samples_per_second": step * config.global_batch_size / max(wall, 1e-9),
             "activation_bytes": float(activation_bytes),
-            "peak_memory_mb": peak_memory_mb(device),
-            "cost_dollars": wall / 3600.0 * config.price_per_worker_hour * context.world_size,
+            "peak_memory_mb": peak_memory_mb(device, bare_model, optimizer, activation_bytes),
             "steps_planned": float(total_steps),
             "resumed_from_step": float(resumed_from_step),
         }
@@ -253,6 +334,7 @@ def train(
             "batch_in_epoch": batch_in_epoch,
             "wall_seconds": elapsed_before + time.perf_counter() - started,
             "activation_bytes": activation_bytes,
+            "steps_to_target": steps_to_target,
         }
 
     done = step >= total_steps
@@ -273,7 +355,12 @@ def train(
                 context.all_reduce_mean(outcome.loss.float()), outcome
             )
             detector.update(
-                loss=loss, grad_norm=grad_norm, clipped=clipped > 0, skipped=not outcome.stepped
+                loss=loss,
+                grad_norm=grad_norm,
+                clipped=clipped > 0,
+                skipped=not outcome.stepped,
+                scaler_overflow=outcome.scaler_overflow,
+                loss_scale=precision.loss_scale if precision.scales_loss else None,
             )
             window_loss += loss * len(labels)
             window_correct += int(correct)
