@@ -2,16 +2,19 @@
 
 Three checks, in order:
 
-1. **Parity.** The FP32 ONNX model must reproduce PyTorch's logits on real rows (the test split)
-   and on random rows, at every configured batch size. A failure raises :class:`ParityError`:
-   the export is wrong and nothing may be registered.
-2. **Accuracy.** The INT8 model may lose at most ``max_accuracy_drop`` test accuracy against the
-   FP32 ONNX model.
+1. **Parity.** The FP32 ONNX model must reproduce PyTorch's logits on real rows (the validation
+   split) and on random rows, at every configured batch size. A failure raises
+   :class:`ParityError`: the export is wrong and nothing may be registered.
+2. **Accuracy.** The INT8 model may lose at most ``max_accuracy_drop`` validation accuracy
+   against the FP32 ONNX model.
 3. **Latency.** The INT8 model must be faster than the FP32 ONNX model (median latency, by more
    than ``min_speedup``) at every configured batch size.
 
 If INT8 passes 2 and 3 it is chosen; otherwise the FP32 ONNX model is, and
-:attr:`GateResult.reason` says why.
+:attr:`GateResult.reason` says why. Every decision is taken on the validation split; the test
+split is left alone, for the offline metrics a registered version reports. The registry
+refuses a version without a passed :class:`GateResult` (or an explicit
+:class:`~serving.gate_result.GateOverride`).
 
 Example::
 
@@ -21,21 +24,35 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import onnxruntime
 import torch
 from torch import nn
 
+from serving.gate_result import GateOverride, GateResult, LatencyComparison, ParityCheck
 from train_loops.data import PreparedDataset
 
+__all__ = [
+    "GateConfig",
+    "GateError",
+    "GateOverride",
+    "GateResult",
+    "LatencyComparison",
+    "ParityCheck",
+    "ParityError",
+    "run_gate",
+]
+
 logger = logging.getLogger(__name__)
+
+GATE_SPLIT = "validation"
+"""The split every gate decision is taken on."""
 
 _BLOCK = 20
 _WARM_CALLS = 3
@@ -57,7 +74,7 @@ class GateConfig:
     """Largest allowed ``|ONNX − PyTorch|`` logit difference, relative to the larger of 1 and the
     largest ``|PyTorch logit|`` in the batch (so it is absolute for logits of order 1)."""
     max_accuracy_drop: float = 0.01
-    """Largest allowed test-accuracy loss of INT8 against FP32 ONNX, as a fraction
+    """Largest allowed validation-accuracy loss of INT8 against FP32 ONNX, as a fraction
     (0.01 = 1 point)."""
     batch_sizes: tuple[int, ...] = (1, 64)
     """Batch sizes at which parity and latency are checked."""
@@ -91,57 +108,6 @@ class GateConfig:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
 
 
-@dataclass(frozen=True)
-class ParityCheck:
-    """FP32 ONNX against PyTorch on one kind of input at one batch size."""
-
-    inputs: Literal["real", "random"]
-    batch_size: int
-    rows: int
-    max_abs_diff: float
-    max_abs_logit: float
-    allowed: float
-    passed: bool
-
-
-@dataclass(frozen=True)
-class LatencyComparison:
-    """Median latency of FP32 ONNX and INT8 at one batch size."""
-
-    batch_size: int
-    fp32_p50_ms: float
-    int8_p50_ms: float
-    speedup: float
-    """``fp32_p50_ms / int8_p50_ms``: above 1 means INT8 is faster."""
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """Everything the gate measured and what it chose; :meth:`to_dict` is JSON-able."""
-
-    parity: tuple[ParityCheck, ...]
-    fp32_accuracy: float
-    int8_accuracy: float
-    accuracy_drop: float
-    """``fp32_accuracy − int8_accuracy`` on the test split."""
-    max_accuracy_drop: float
-    int8_agreement: float
-    """Share of test rows on which INT8 and FP32 ONNX predict the same class."""
-    accuracy_passed: bool
-    latency: tuple[LatencyComparison, ...]
-    min_speedup: float
-    latency_passed: bool
-    chosen: Literal["int8", "fp32"]
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types only (lists, not tuples), as stored in a manifest."""
-        record = dataclasses.asdict(self)
-        record["parity"] = list(record["parity"])
-        record["latency"] = list(record["latency"])
-        return record
-
-
 def run_gate(
     model: nn.Module,
     fp32_path: Path,
@@ -154,14 +120,15 @@ def run_gate(
     Raises :class:`ParityError` if the FP32 ONNX model does not match ``model``.
     """
     train_features, _ = prepared_dataset.load("train")
-    test_features, test_labels = prepared_dataset.load("test")
+    # The decision is taken on validation rows; test rows stay unseen for the offline metrics.
+    features, labels = prepared_dataset.load(GATE_SPLIT)
     fp32 = _session(fp32_path, config.intra_op_threads)
     int8 = _session(int8_path, config.intra_op_threads)
 
     random_features = _random_rows(train_features, config.random_rows, config.seed)
     parity = tuple(
         _parity(model, fp32, rows, kind, batch_size, config.tolerance)
-        for kind, rows in (("real", test_features), ("random", random_features))
+        for kind, rows in (("real", features), ("random", random_features))
         for batch_size in config.batch_sizes
     )
     failed = [check for check in parity if not check.passed]
@@ -173,16 +140,16 @@ def run_gate(
         )
         raise ParityError(f"{fp32_path} does not match the PyTorch model ({described})")
 
-    fp32_predictions = _predict(fp32, test_features)
-    int8_predictions = _predict(int8, test_features)
-    fp32_accuracy = float(np.mean(fp32_predictions == test_labels))
-    int8_accuracy = float(np.mean(int8_predictions == test_labels))
+    fp32_predictions = _predict(fp32, features)
+    int8_predictions = _predict(int8, features)
+    fp32_accuracy = float(np.mean(fp32_predictions == labels))
+    int8_accuracy = float(np.mean(int8_predictions == labels))
     accuracy_drop = fp32_accuracy - int8_accuracy
     # A small epsilon so that a drop of exactly the limit (e.g. 0.01 as a float) passes.
     accuracy_passed = accuracy_drop <= config.max_accuracy_drop + 1e-12
 
     latency = tuple(
-        _compare_latency(fp32, int8, test_features, batch_size, config.repeats)
+        _compare_latency(fp32, int8, features, batch_size, config.repeats)
         for batch_size in config.batch_sizes
     )
     slower = [entry for entry in latency if not entry.speedup > config.min_speedup]
@@ -191,7 +158,7 @@ def run_gate(
     if not accuracy_passed:
         chosen = "fp32"
         reason = (
-            f"FP32 registered: INT8 loses {accuracy_drop * 100:.2f} accuracy points "
+            f"FP32 registered: INT8 loses {accuracy_drop * 100:.2f} {GATE_SPLIT} accuracy points "
             f"({fp32_accuracy:.4f} -> {int8_accuracy:.4f}), more than the limit of "
             f"{config.max_accuracy_drop * 100:.2f}"
         )
@@ -209,13 +176,15 @@ def run_gate(
             f"{entry.speedup:.2f}x at batch {entry.batch_size}" for entry in latency
         )
         reason = (
-            f"INT8 registered: accuracy drop {accuracy_drop * 100:.2f} points (limit "
+            f"INT8 registered: {GATE_SPLIT} accuracy drop {accuracy_drop * 100:.2f} points (limit "
             f"{config.max_accuracy_drop * 100:.2f}), speed-up {speedups} "
             f"(needs > {config.min_speedup:g}x)"
         )
     logger.info("gate: %s", reason)
     return GateResult(
         parity=parity,
+        split=GATE_SPLIT,
+        rows=len(labels),
         fp32_accuracy=fp32_accuracy,
         int8_accuracy=int8_accuracy,
         accuracy_drop=accuracy_drop,

@@ -122,8 +122,19 @@ def _quantization_and_gate(manifest: Manifest) -> str:
     gate = manifest.gate
     lines = ["## Quantization and gate", ""]
     lines.append(f"- Registered artifact: quantization `{manifest.quantization}`.")
+    if manifest.gate_overridden:
+        lines.append(
+            f"- **Registered without the gate** (explicit override): {gate['override']}. "
+            "Parity, INT8 accuracy and latency were not checked."
+        )
+        return "\n".join(lines)
     if "reason" in gate:
         lines.append(f"- Gate decision: {gate['reason']}")
+    if "split" in gate:
+        lines.append(
+            f"- The gate decided on the `{gate['split']}` split ({gate.get('rows', '?')} rows); "
+            "the offline metrics use rows it never saw."
+        )
     parity = gate.get("parity")
     if isinstance(parity, list | tuple):
         for check in parity:
@@ -153,9 +164,7 @@ def _quantization_and_gate(manifest: Manifest) -> str:
             ),
         ]
     details = {k: v for k, v in gate.items() if k not in ("parity", "latency", "reason")}
-    if not gate:
-        lines.append("- No gate results recorded.")
-    elif details:
+    if details:
         lines += ["", "<details><summary>All gate fields</summary>", "", "```json"]
         lines += [json.dumps(details, indent=2, sort_keys=True), "```", "", "</details>"]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ refuses them if they disagree with the manifest.
 Example::
 
     registry = Registry(".trimtab/registry")
-    version = registry.register(Path("model.onnx"), model_name="digits", ...)
+    version = registry.register(Path("model.onnx"), model_name="digits", gate=gate_result, ...)
     registry.set_alias("candidate", version.version)
     session = registry.get("champion").load_session()
 """
@@ -41,12 +41,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import onnx
 import pydantic
+
+from serving.gate_result import GateResult, checked_gate_record, gate_record_problem
+from serving.model_schema import InputSchema, OutputSchema, schemas_from_onnx
+from serving.reference_profile import build_reference_profile
 
 if TYPE_CHECKING:
     import onnxruntime
+
+__all__ = [
+    "ALIAS_PATTERN",
+    "InputSchema",
+    "Manifest",
+    "ModelVersion",
+    "OutputSchema",
+    "Registry",
+    "RegistryError",
+    "RegistryIntegrityError",
+    "build_reference_profile",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,40 +81,6 @@ class RegistryIntegrityError(RegistryError):
     """The sha256 of a version's model file disagrees with its manifest."""
 
 
-class InputSchema(pydantic.BaseModel, extra="forbid", frozen=True):
-    """The model's single input: rows of raw float32 features, in ``feature_names`` order."""
-
-    name: str = "input"
-    datatype: Literal["FP32"] = "FP32"
-    feature_names: list[str]
-    shape: list[int]
-
-    @pydantic.model_validator(mode="after")
-    def _shape_matches_features(self) -> InputSchema:
-        if self.shape != [-1, len(self.feature_names)]:
-            raise ValueError(
-                f"input shape must be [-1, {len(self.feature_names)}], got {self.shape}"
-            )
-        return self
-
-
-class OutputSchema(pydantic.BaseModel, extra="forbid", frozen=True):
-    """The model's single output: one logit per class, in ``class_names`` order."""
-
-    name: str = "logits"
-    datatype: Literal["FP32"] = "FP32"
-    class_names: list[str]
-    shape: list[int]
-
-    @pydantic.model_validator(mode="after")
-    def _shape_matches_classes(self) -> OutputSchema:
-        if self.shape != [-1, len(self.class_names)]:
-            raise ValueError(
-                f"output shape must be [-1, {len(self.class_names)}], got {self.shape}"
-            )
-        return self
-
-
 class Manifest(pydantic.BaseModel, extra="forbid", frozen=True):
     """Everything known about one registered version; ``manifest.json`` on disk."""
 
@@ -117,8 +97,24 @@ class Manifest(pydantic.BaseModel, extra="forbid", frozen=True):
     """``{"accuracy": ..., "per_class": {...}, ...}`` on the held-out test split."""
     quantization: Literal["none", "dynamic", "static"]
     gate: dict[str, Any]
+    """A passed :class:`~serving.gate_result.GateResult` (``"passed": true``) or an explicit
+    override (``{"override": reason, "passed": false}``); a manifest with neither is invalid,
+    so no version that skipped the gate silently is ever read, let alone served."""
     input_schema: InputSchema
     output_schema: OutputSchema
+
+    @pydantic.field_validator("gate")
+    @classmethod
+    def _gate_passed_or_overridden(cls, gate: dict[str, Any]) -> dict[str, Any]:
+        problem = gate_record_problem(gate)
+        if problem is not None:
+            raise ValueError(f"{problem}: a version needs a passed gate or an explicit override")
+        return gate
+
+    @property
+    def gate_overridden(self) -> bool:
+        """Registered without the gate, by an explicit override."""
+        return "override" in self.gate
 
 
 @dataclass(frozen=True)
@@ -188,18 +184,33 @@ class Registry:
         training_config: dict[str, Any],
         offline_metrics: dict[str, Any],
         quantization: str,
-        gate: dict[str, Any],
         feature_names: list[str],
         class_names: list[str],
         reference_profile: dict[str, Any],
+        gate: GateResult | None = None,
+        gate_override: str | None = None,
     ) -> ModelVersion:
         """Copy ``onnx_path`` into the next free version and write its manifest, reference
         profile and model card. The input/output names and sizes are read from the file and
-        must agree with ``feature_names`` and ``class_names``."""
+        must agree with ``feature_names`` and ``class_names``.
+
+        Registration needs the gate: ``gate`` must be a passed
+        :class:`~serving.gate_result.GateResult` (what :func:`serving.gate.run_gate` returns),
+        or, for experiments and benchmarks only, ``gate_override`` must give the reason the
+        gate was skipped (logged as a warning, stored in the manifest and on the model card).
+        Anything else raises :class:`RegistryError` before the disk is touched.
+        """
+        try:
+            gate_record = checked_gate_record(gate, gate_override)
+        except ValueError as error:
+            raise RegistryError(str(error)) from None
         model_bytes = Path(onnx_path).read_bytes()
-        input_schema, output_schema = _schemas_from_onnx(
-            model_bytes, onnx_path, list(feature_names), list(class_names)
-        )
+        try:
+            input_schema, output_schema = schemas_from_onnx(
+                model_bytes, onnx_path, list(feature_names), list(class_names)
+            )
+        except ValueError as error:
+            raise RegistryError(str(error)) from error
         sha256 = hashlib.sha256(model_bytes).hexdigest()
         created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         staging = Path(tempfile.mkdtemp(prefix="version-", dir=self._staging))
@@ -216,7 +227,7 @@ class Registry:
                     training_config=training_config,
                     offline_metrics=offline_metrics,
                     quantization=quantization,
-                    gate=gate,
+                    gate=gate_record,
                     input_schema=input_schema,
                     output_schema=output_schema,
                 ),
@@ -256,6 +267,12 @@ class Registry:
                 raise
             _fsync_directory(self._versions)
             logger.info("registered version %d (%s)", version, manifest.sha256[:12])
+            if "override" in manifest.gate:
+                logger.warning(
+                    "version %d was registered WITHOUT the gate (override: %s)",
+                    version,
+                    manifest.gate["override"],
+                )
             return ModelVersion(version, target, manifest)
 
     def versions(self) -> list[int]:
@@ -342,123 +359,6 @@ class Registry:
 
     def _describe_versions(self) -> str:
         return ", ".join(map(str, self.versions())) or "none"
-
-
-def build_reference_profile(
-    features: np.ndarray,
-    predicted_classes: np.ndarray,
-    feature_names: list[str],
-    class_names: list[str],
-    *,
-    labels: np.ndarray | None = None,
-    bins: int = 10,
-    sample_size: int = 1000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """What drift monitoring compares live traffic against, as plain JSON.
-
-    Per feature:
-
-    - ``cut_points``: the interior edges of ``bins`` quantile bins of the reference values,
-      deduplicated (a constant feature has one). The outer bins are open, so the edges are
-      ``[-inf, *cut_points, +inf]`` and bins are right-closed: a value ``x`` falls in bin
-      ``numpy.searchsorted(cut_points, x, side="left")``. (Infinities are not valid JSON, so
-      only the finite cut points are stored.) ``counts``/``proportions`` hold the reference
-      rows per bin (``len(cut_points) + 1`` entries): the expected side of a PSI.
-    - ``quantiles``: values at the top-level ``quantile_levels``; ``mean``, ``std``, ``min``,
-      ``max``.
-    - ``sample``: up to ``sample_size`` reference values (the same randomly chosen rows for
-      every feature) for a two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``).
-
-    ``predictions`` (and ``labels`` when given) hold per-class counts and proportions, in
-    ``class_names`` order.
-    """
-    if features.ndim != 2 or features.shape[1] != len(feature_names):
-        raise ValueError(
-            f"features must have shape (rows, {len(feature_names)}), got {features.shape}"
-        )
-    if len(predicted_classes) != len(features):
-        raise ValueError(f"{len(predicted_classes)} predictions for {len(features)} feature rows")
-    if bins < 2:
-        raise ValueError(f"bins must be >= 2, got {bins}")
-    rows = len(features)
-    if rows == 0:
-        raise ValueError("a reference profile needs at least one row")
-    quantile_levels = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99]
-    sample_rows = np.random.default_rng(seed).permutation(rows)[:sample_size]
-    sample_rows.sort()
-    profile_features = {}
-    for column, name in enumerate(feature_names):
-        values = features[:, column].astype(np.float64)
-        cut_points = np.unique(np.quantile(values, np.arange(1, bins) / bins))
-        counts = np.bincount(
-            np.searchsorted(cut_points, values, side="left"), minlength=len(cut_points) + 1
-        )
-        profile_features[name] = {
-            "cut_points": cut_points.tolist(),
-            "counts": counts.tolist(),
-            "proportions": (counts / rows).tolist(),
-            "quantiles": np.quantile(values, quantile_levels).tolist(),
-            "mean": float(values.mean()),
-            "std": float(values.std()),
-            "min": float(values.min()),
-            "max": float(values.max()),
-            "sample": values[sample_rows].tolist(),
-        }
-    profile: dict[str, Any] = {
-        "format_version": 1,
-        "rows": rows,
-        "binning": (
-            f"{bins} quantile bins of the reference rows, deduplicated cut points, open outer "
-            "bins (-inf/+inf ends), right-closed: bin = searchsorted(cut_points, x, 'left')"
-        ),
-        "quantile_levels": quantile_levels,
-        "features": profile_features,
-        "class_names": list(class_names),
-        "predictions": _class_distribution(predicted_classes, len(class_names)),
-    }
-    if labels is not None:
-        profile["labels"] = _class_distribution(labels, len(class_names))
-    return profile
-
-
-def _class_distribution(classes: np.ndarray, num_classes: int) -> dict[str, list]:
-    counts = np.bincount(np.asarray(classes, dtype=np.int64), minlength=num_classes)
-    return {"counts": counts.tolist(), "proportions": (counts / counts.sum()).tolist()}
-
-
-def _schemas_from_onnx(
-    model_bytes: bytes, path: Path, feature_names: list[str], class_names: list[str]
-) -> tuple[InputSchema, OutputSchema]:
-    try:
-        graph = onnx.load_from_string(model_bytes).graph
-    except Exception as error:  # onnx raises protobuf's DecodeError and others
-        raise RegistryError(f"{path}: not an ONNX model: {error}") from error
-    if len(graph.input) != 1 or len(graph.output) != 1:
-        raise RegistryError(
-            f"{path}: expected one input and one output, got {len(graph.input)} and "
-            f"{len(graph.output)}"
-        )
-    schemas = []
-    for value, names, what in (
-        (graph.input[0], feature_names, "features"),
-        (graph.output[0], class_names, "classes"),
-    ):
-        tensor = value.type.tensor_type
-        if tensor.elem_type != onnx.TensorProto.FLOAT:
-            raise RegistryError(f"{path}: {value.name!r} is not float32")
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-        if len(dims) != 2 or dims[0] != -1 or dims[1] != len(names):
-            raise RegistryError(
-                f"{path}: {value.name!r} has shape {dims}; expected a dynamic batch axis and "
-                f"{len(names)} {what}"
-            )
-        schemas.append((value.name, [-1, len(names)]))
-    (input_name, input_shape), (output_name, output_shape) = schemas
-    return (
-        InputSchema(name=input_name, feature_names=feature_names, shape=input_shape),
-        OutputSchema(name=output_name, class_names=class_names, shape=output_shape),
-    )
 
 
 def _to_json(value: Any) -> bytes:

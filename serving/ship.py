@@ -11,10 +11,16 @@ Example::
         training_config={"clip": {"kind": "norm", "max_norm": 1.0}, "precision": "bf16"},
     )
     version.manifest.quantization, version.manifest.gate["reason"]
+
+Which rows each step uses: the gate decides INT8 or FP32 on the validation split; the offline
+metrics are measured on the test split, which nothing else has seen; the reference profile for
+drift is built from the training and validation splits together (enough rows that sampling
+noise does not read as drift).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -31,18 +37,20 @@ from torch import nn
 from serving.export import ONNX_OPSET, export_onnx
 from serving.gate import GateConfig, run_gate
 from serving.quantize import quantize_dynamic_int8, quantize_static_int8
+from serving.reference_profile import build_reference_profile
 from serving.registry import (
     ALIAS_PATTERN,
     ModelVersion,
     Registry,
     RegistryError,
-    build_reference_profile,
 )
 from train_loops.data import SPLITS, PreparedDataset
 
 logger = logging.getLogger(__name__)
 
 QUANTIZATION_MODES = ("static", "dynamic")
+REFERENCE_SPLITS = ("train", "validation")
+"""The splits the drift reference profile is built from."""
 
 
 def ship(
@@ -61,10 +69,11 @@ def ship(
 ) -> ModelVersion:
     """Export ``model``, quantize it to INT8, gate it and register the winner.
 
-    The gate (:func:`serving.gate.run_gate`) picks the INT8 model or falls back to the FP32 ONNX
-    model; a model whose FP32 export does not match PyTorch raises
-    :class:`serving.gate.ParityError` and nothing is registered. Offline metrics and the
-    reference profile are measured with the registered file on the held-out test split.
+    The gate (:func:`serving.gate.run_gate`, on the validation split) picks the INT8 model or
+    falls back to the FP32 ONNX model; a model whose FP32 export does not match PyTorch raises
+    :class:`serving.gate.ParityError` and nothing is registered. The offline metrics are
+    measured with the registered file on the held-out test split; the reference profile with
+    it on the training and validation splits (:data:`REFERENCE_SPLITS`).
 
     Args:
         quantization: ``"static"`` (QDQ, per-channel, calibrated) or ``"dynamic"``.
@@ -80,6 +89,9 @@ def ship(
         raise ValueError(f"calibration_rows must be >= 1, got {calibration_rows}")
     train_features, _ = prepared_dataset.load("train")
     test_features, test_labels = prepared_dataset.load("test")
+    loaded = [prepared_dataset.load(split) for split in REFERENCE_SPLITS]
+    reference_features = np.concatenate([features for features, _ in loaded])
+    reference_labels = np.concatenate([labels for _, labels in loaded])
 
     with tempfile.TemporaryDirectory(prefix="trimtab-ship-") as scratch:
         fp32_path = export_onnx(model, prepared_dataset.num_features, Path(scratch) / "fp32.onnx")
@@ -95,8 +107,11 @@ def ship(
         chosen_path = int8_path if result.chosen == "int8" else fp32_path
 
         session = onnxruntime.InferenceSession(str(chosen_path), providers=["CPUExecutionProvider"])
-        logits = session.run(None, {session.get_inputs()[0].name: test_features})[0]
-        predictions = logits.argmax(axis=1)
+        input_name = session.get_inputs()[0].name
+        predictions = session.run(None, {input_name: test_features})[0].argmax(axis=1)
+        reference_predictions = session.run(None, {input_name: reference_features})[0].argmax(
+            axis=1
+        )
         class_names = list(prepared_dataset.class_names)
         feature_names = list(prepared_dataset.feature_names)
         version = registry.register(
@@ -106,16 +121,17 @@ def ship(
             training_config=training_config,
             offline_metrics=offline_metrics(predictions, test_labels, class_names),
             quantization=quantization if result.chosen == "int8" else "none",
-            gate={**result.to_dict(), "int8_mode": quantization},
+            gate=dataclasses.replace(result, int8_mode=quantization),
             feature_names=feature_names,
             class_names=class_names,
             reference_profile=build_reference_profile(
-                test_features,
-                predictions,
+                reference_features,
+                reference_predictions,
                 feature_names,
                 class_names,
-                labels=test_labels,
+                labels=reference_labels,
                 seed=seed,
+                source="+".join(REFERENCE_SPLITS),
             ),
         )
     if alias is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 from test_serving_export import accuracy_on_test_split, train_digits_mlp
 from torch import nn
@@ -59,6 +61,14 @@ def test_static_int8_passes_the_accuracy_gate_on_digits(
         assert check.passed
         assert check.max_abs_diff <= 1e-4 * max(1.0, check.max_abs_logit)
     assert result.fp32_accuracy >= 0.95
+    # Every decision is taken on the validation split; the test split stays for reporting.
+    assert result.split == "validation" and result.rows == 269
+    validation_features, validation_labels = digits.load("validation")
+    fp32_predictions = (
+        onnxruntime.InferenceSession(str(fp32_path)).run(None, {"input": validation_features})[0]
+    ).argmax(1)
+    assert result.fp32_accuracy == np.mean(fp32_predictions == validation_labels)
+    assert result.passed
     assert result.accuracy_drop <= 0.01
     assert result.accuracy_passed
     assert result.int8_agreement >= 0.98
@@ -83,6 +93,7 @@ def test_static_int8_passes_the_accuracy_gate_on_digits(
         "allowed": result.parity[0].allowed,
         "passed": True,
     }
+    assert record["passed"] is True and record["split"] == "validation"
 
 
 def test_an_int8_model_that_is_not_faster_enough_falls_back_to_fp32(

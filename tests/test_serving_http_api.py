@@ -86,7 +86,7 @@ def build_two_version_registry(root: Path, digits: PreparedDataset) -> Path:
             training_config={"epochs": 4},
             offline_metrics={},
             quantization="none",
-            gate={},
+            gate_override="test fixture: a hand-built model that skips the gate",
             feature_names=list(digits.feature_names),
             class_names=list(digits.class_names),
             reference_profile=build_reference_profile(

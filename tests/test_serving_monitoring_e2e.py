@@ -118,7 +118,7 @@ def register(registry: Registry, model, digits: PreparedDataset, path: Path, nam
         training_config={},
         offline_metrics=offline_metrics(test_predicted, test_labels, class_names),
         quantization="none",
-        gate={},
+        gate_override="test fixture: a hand-built model that skips the gate",
         feature_names=list(digits.feature_names),
         class_names=class_names,
         reference_profile=build_reference_profile(

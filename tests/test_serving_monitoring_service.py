@@ -85,7 +85,7 @@ def build_tiny_registry(root: Path) -> Registry:
             training_config={},
             offline_metrics={"accuracy": float(np.mean(predicted == labels))},
             quantization="none",
-            gate={},
+            gate_override="test fixture: a hand-built model that skips the gate",
             feature_names=FEATURE_NAMES,
             class_names=CLASS_NAMES,
             reference_profile=build_reference_profile(

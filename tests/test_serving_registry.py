@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from scipy import stats
 
+from serving.gate_result import GateResult, LatencyComparison, ParityCheck
 from serving.registry import (
     Manifest,
     Registry,
@@ -54,6 +55,26 @@ def _profile(rows: int = 40, seed: int = 0) -> dict:
     return build_reference_profile(features, rng.integers(0, len(CLASSES), rows), FEATURES, CLASSES)
 
 
+def _gate_result(parity_passed: bool = True) -> GateResult:
+    """A gate result as :func:`serving.gate.run_gate` returns it (built by hand: no torch)."""
+    return GateResult(
+        parity=(ParityCheck("real", 1, 40, 1e-6, 3.0, 3e-4, parity_passed),),
+        split="validation",
+        rows=40,
+        fp32_accuracy=0.9,
+        int8_accuracy=0.9,
+        accuracy_drop=0.0,
+        max_accuracy_drop=0.01,
+        int8_agreement=1.0,
+        accuracy_passed=True,
+        latency=(LatencyComparison(1, 0.02, 0.03, 0.67),),
+        min_speedup=1.0,
+        latency_passed=False,
+        chosen="fp32",
+        reason="FP32 registered: INT8 is not faster",
+    )
+
+
 def _register(registry: Registry, onnx_path: Path, **overrides):
     arguments = dict(
         model_name="tiny",
@@ -61,7 +82,7 @@ def _register(registry: Registry, onnx_path: Path, **overrides):
         training_config={"clip": {"kind": "norm", "max_norm": 1.0}, "precision": "bf16"},
         offline_metrics={"split": "test", "rows": 40, "accuracy": 0.9, "per_class": {}},
         quantization="none",
-        gate={"chosen": "fp32", "reason": "test"},
+        gate=_gate_result(),
         feature_names=FEATURES,
         class_names=CLASSES,
         reference_profile=_profile(),
@@ -126,6 +147,53 @@ def test_register_writes_a_complete_version(tmp_path: Path, onnx_file: Path) -> 
     assert session.run(None, {"input": rows})[0].shape == (2, 3)
     # Nothing is left behind in the staging area.
     assert list((tmp_path / "registry" / ".staging").iterdir()) == []
+
+
+def test_register_without_a_passed_gate_is_refused(tmp_path: Path, onnx_file: Path) -> None:
+    registry = Registry(tmp_path / "registry")
+    with pytest.raises(RegistryError, match="without a passed gate"):
+        _register(registry, onnx_file, gate=None)
+    # A dict that looks like a gate record is not a gate result (a benchmark used gate={}).
+    for record in ({}, _gate_result().to_dict()):
+        with pytest.raises(RegistryError, match=r"gate must be a serving\.gate\.GateResult"):
+            _register(registry, onnx_file, gate=record)
+    with pytest.raises(RegistryError, match=r"failed the gate \(\['real @ batch 1'\]\)"):
+        _register(registry, onnx_file, gate=_gate_result(parity_passed=False))
+    with pytest.raises(RegistryError, match="either a gate result or a gate override"):
+        _register(registry, onnx_file, gate_override="bench")
+    with pytest.raises(RegistryError, match="needs a non-empty reason"):
+        _register(registry, onnx_file, gate=None, gate_override="  ")
+    assert registry.versions() == []
+    assert list((tmp_path / "registry/.staging").iterdir()) == []
+
+
+def test_a_gate_override_is_explicit_logged_and_on_the_card(
+    tmp_path: Path, onnx_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    with caplog.at_level("WARNING", logger="serving.registry"):
+        version = _register(registry, onnx_file, gate=None, gate_override="latency benchmark")
+
+    assert version.manifest.gate == {"override": "latency benchmark", "passed": False}
+    assert version.manifest.gate_overridden
+    assert "version 1 was registered WITHOUT the gate (override: latency benchmark)" in (
+        caplog.text
+    )
+    card = (version.directory / "MODEL_CARD.md").read_text()
+    assert "**Registered without the gate** (explicit override): latency benchmark." in card
+    assert registry.get(1).manifest == version.manifest
+
+
+def test_a_manifest_without_a_passed_gate_is_never_read(tmp_path: Path, onnx_file: Path) -> None:
+    registry = Registry(tmp_path / "registry")
+    version = _register(registry, onnx_file)
+    manifest_path = version.directory / "manifest.json"
+    record = json.loads(manifest_path.read_text())
+    assert record["gate"]["passed"] is True and record["gate"]["split"] == "validation"
+    for gate in ({}, {**record["gate"], "passed": False}):
+        manifest_path.write_text(json.dumps({**record, "gate": gate}))
+        with pytest.raises(RegistryError, match="needs a passed gate or an explicit override"):
+            registry.get(1)
 
 
 def test_versions_count_up_and_aliases_move_without_losing_old_versions(

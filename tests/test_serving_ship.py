@@ -59,6 +59,11 @@ def test_ship_registers_static_int8_with_metrics_profile_card_and_alias(
     assert manifest.gate["chosen"] == "int8"
     assert manifest.gate["int8_mode"] == "static"
     assert manifest.gate["accuracy_drop"] <= 0.01
+    # The gate decided on the validation split; the test split is left for the offline metrics.
+    assert manifest.gate["passed"] is True
+    assert manifest.gate["split"] == "validation" and manifest.gate["rows"] == 269
+    assert manifest.gate["parity"][0]["rows"] == 269
+    assert not manifest.gate_overridden
     assert manifest.lineage["study"] == "digits-clip"
     assert manifest.lineage["trial"] == "trial_0007"
     assert manifest.lineage["data"]["split_rows"] == {"train": 1259, "validation": 269, "test": 269}
@@ -82,17 +87,27 @@ def test_ship_registers_static_int8_with_metrics_profile_card_and_alias(
     ops = {node.op_type for node in onnx.load(version.onnx_path).graph.node}
     assert "QuantizeLinear" in ops
 
+    # The drift reference comes from the training and validation rows (1,528), not the test rows.
     profile = version.reference_profile()
-    assert profile["rows"] == 269
+    assert profile["rows"] == 1259 + 269
+    assert profile["source"] == "train+validation"
     assert list(profile["features"]) == list(digits.feature_names)
-    assert profile["predictions"]["counts"] == np.bincount(predictions, minlength=10).tolist()
-    assert profile["labels"]["counts"] == np.bincount(labels, minlength=10).tolist()
+    reference = [digits.load(split) for split in ("train", "validation")]
+    reference_features = np.concatenate([features for features, _ in reference])
+    reference_labels = np.concatenate([labels for _, labels in reference])
+    reference_predictions = session.run(None, {"input": reference_features})[0].argmax(1)
+    assert (
+        profile["predictions"]["counts"]
+        == np.bincount(reference_predictions, minlength=10).tolist()
+    )
+    assert profile["labels"]["counts"] == np.bincount(reference_labels, minlength=10).tolist()
 
     card = (version.directory / "MODEL_CARD.md").read_text()
     assert "# Model card: digits, version 1" in card
     assert "| `clip.max_norm` | 1.0 |" in card
     assert "| `precision` | bf16 |" in card
     assert "INT8 registered" in card
+    assert "The gate decided on the `validation` split (269 rows)" in card
     assert "Per class:" in card
     assert "- FP32 ONNX vs PyTorch, random inputs at batch 64: max |Δlogit|" in card
     assert "| batch | FP32 p50 ms | INT8 p50 ms | speed-up |" in card
