@@ -340,6 +340,26 @@ class Registry:
         _write_atomic(path, json.dumps({"version": version}).encode())
         logger.info("alias %s -> version %d", alias, version)
 
+    def move_alias(self, alias: str, version: int, *, previous_alias: str) -> int | None:
+        """Point ``alias`` at ``version`` after checking its file against the manifest hash,
+        remembering the old target in ``previous_alias`` (what a rollback returns to).
+
+        Returns the old target (``None`` if ``alias`` was unset). Moving an alias to where it
+        already points changes nothing. Raises :class:`RegistryError` for an unknown version
+        and :class:`RegistryIntegrityError` for a file that fails its hash (nothing moves).
+        """
+        self.get(version).verify()
+        try:
+            current = self.resolve(alias)
+        except RegistryError:
+            current = None
+        if current == version:
+            return current
+        if current is not None:
+            self.set_alias(previous_alias, current)
+        self.set_alias(alias, version)
+        return current
+
     def aliases(self) -> dict[str, int]:
         """Every alias and the version it points to."""
         names = sorted(
