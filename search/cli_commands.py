@@ -61,9 +61,9 @@ class ProgressPrinter:
 
 
 def _short(config: dict) -> str:
-    from search.space import describe_params
+    from search.space import describe_params, search_params
 
-    return describe_params({k: v for k, v in config.items() if k not in ("train", "train_storage")})
+    return describe_params(search_params(config))
 
 
 def run_study(spec: StudySpec):

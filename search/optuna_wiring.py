@@ -66,18 +66,28 @@ ERRORED_VIOLATION = 1.0
 class ConstrainedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that stores each trial's constraint values before telling Optuna.
 
-    A trial that raised after reporting would be told COMPLETE with its partial values (Ray's
-    behaviour), feasible as far as Optuna knows; here every constraint of such a trial is
-    marked violated and the user attribute ``errored`` is set, so it is infeasible in the
-    journal as it is in our trial table."""
+    A trial that raised after reporting reaches Ray's searcher with no result (Optuna would
+    mark it FAIL, which samplers ignore) or with partial values (COMPLETE, feasible as far as
+    Optuna knew). Here it is told with its last reported values, every constraint marked
+    violated and the user attribute ``errored`` set: infeasible in the journal, as in our trial
+    table, so samplers learn to avoid the region. A trial that raised before its first report
+    stays FAIL."""
 
     def __init__(self, *args: Any, spec_json: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._spec_json = spec_json  # a string pickles with the searcher state on restore
+        self._last_results: dict[str, dict[str, Any]] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._last_results[trial_id] = dict(result)
+        super().on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        last = self._last_results.pop(trial_id, None)
+        if error and not result:
+            result = last
         if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             spec = StudySpec.model_validate_json(self._spec_json)
             ot_trial = self._ot_trials[trial_id]

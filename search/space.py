@@ -11,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from search.cost_calibration import charged
 from search.spec import FloatRange, SearchSpace
 from train_loops.config import TrainConfig
+
+FIXED_KEYS = ("train", "train_storage", "step_costs")
+"""Keys of a Tune trial config that the study fixes; every other key is a searched parameter:
+``train`` (the shared TrainConfig as a dict), ``train_storage`` (where N-worker trials keep
+their Ray Train runs), ``step_costs`` (the study's calibrated seconds per step)."""
 
 # clip method → (Optuna parameter name, the policy's own key)
 CLIP_PARAMETERS: dict[str, tuple[str, str] | None] = {
@@ -81,6 +87,18 @@ def trial_train_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig
         params.pop(name, None)  # another method's threshold: not this trial's
     changes.update(params)
     return TrainConfig.from_dict({**base.to_dict(), **changes})
+
+
+def search_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched parameters of a Tune trial config (everything but :data:`FIXED_KEYS`)."""
+    return {k: v for k, v in config.items() if k not in FIXED_KEYS}
+
+
+def trial_config(config: dict[str, Any]) -> TrainConfig:
+    """The typed run config of a Tune trial config: the shared settings, the trial's
+    parameters applied, charged at the study's calibrated cost of its setting."""
+    train_config = trial_train_config(TrainConfig.from_dict(config["train"]), search_params(config))
+    return charged(train_config, config.get("step_costs") or {})
 
 
 def describe_params(params: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from policies.selection import Candidate, Selection, build_selection_policy, pareto_indices
+from search.cost_calibration import CostCalibration, load_or_calibrate
 from search.optuna_wiring import (
     ConstrainedOptunaSearch,
     DivergenceStopper,
@@ -39,7 +40,7 @@ from search.optuna_wiring import (
 )
 from search.probe import ProbeResult, load_or_probe
 from search.ray_runtime import ensure_ray
-from search.space import ResolvedSpace, describe_params
+from search.space import ResolvedSpace, describe_params, search_params, trial_config
 from search.spec import StudySpec
 from search.trainable import run_trial, trial_resources
 from train_loops.config import TrainConfig
@@ -79,6 +80,8 @@ class Study:
         self.spec = spec
         self.directory = Path(spec.storage).resolve() / spec.name
         self.callbacks = list(callbacks)
+        self.calibration: CostCalibration | None = None
+        """The per-step costs trials are charged at (set by :meth:`prepare`)."""
 
     @classmethod
     def from_yaml(cls, path: Path | str, **kwargs: Any) -> Study:
@@ -89,11 +92,13 @@ class Study:
         return self.directory / "optuna.journal"
 
     def prepare(self) -> tuple[PreparedDataset, TrainConfig, ProbeResult]:
-        """Validate and split the data, build the shared config, run (or reload) the probe."""
+        """Validate and split the data, build the shared config, run (or reload) the probe
+        and the per-step cost calibration."""
         self.directory.mkdir(parents=True, exist_ok=True)
         dataset = prepare_dataset(self.spec.data.to_data_spec(), self.directory / "data")
         base = self.spec.train_config(dataset.root)
-        probe = load_or_probe(self.directory / "probe.json", base, self.spec.search.probe)
+        probe = load_or_probe(self.directory, base, self.spec)
+        self.calibration = load_or_calibrate(self.directory, self.spec, base)
         return dataset, base, probe
 
     def run(self) -> StudyResult:
@@ -158,7 +163,11 @@ class Study:
         )
 
     def _param_space(self, base: TrainConfig) -> dict[str, Any]:
-        return {"train": base.to_dict(), "train_storage": str(self.directory / "train")}
+        return {
+            "train": base.to_dict(),
+            "train_storage": str(self.directory / "train"),
+            "step_costs": dict(self.calibration.step_seconds),
+        }
 
     def _concurrency(self, base: TrainConfig) -> int:
         if self.spec.search.max_concurrent_trials is not None:
@@ -213,7 +222,7 @@ def trial_table(spec: StudySpec, grid: ray.tune.ResultGrid) -> pd.DataFrame:
     rows = []
     for result in grid:
         config = result.config or {}
-        params = {k: v for k, v in config.items() if k not in ("train", "train_storage")}
+        params = search_params(config)
         metrics = dict(result.metrics or {})
         row: dict[str, Any] = {
             "trial_id": metrics.get("trial_id", (result.path or "").rsplit("_", 1)[-1]),
@@ -233,7 +242,7 @@ def trial_table(spec: StudySpec, grid: ray.tune.ResultGrid) -> pd.DataFrame:
         row["stopped_early"] = float(metrics.get("step", 0)) < float(
             metrics.get("steps_planned", 0)
         )
-        row["train_config"] = _trial_config(config, params)
+        row["train_config"] = trial_config(config).to_dict() if "train" in config else None
         row["checkpoint"] = result.checkpoint.path if result.checkpoint else None
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -262,14 +271,6 @@ def select_winner(spec: StudySpec, feasible: pd.DataFrame) -> Selection:
             for row in feasible.itertuples()
         ]
     )
-
-
-def _trial_config(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any] | None:
-    if "train" not in config:
-        return None
-    from search.space import trial_train_config
-
-    return trial_train_config(TrainConfig.from_dict(config["train"]), params).to_dict()
 
 
 def _bundles(resources: dict[str, float] | list[dict[str, float]]) -> list[dict[str, float]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray.tune
 
-from search.space import trial_train_config
+from search.space import trial_config
 from train_loops.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -23,10 +23,9 @@ TRIAL_CPU = 0.01
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune entry point. ``config`` = ``{"train": TrainConfig dict, "train_storage": path}``
-    plus the flat parameters the searcher suggested."""
-    params = {k: v for k, v in config.items() if k not in ("train", "train_storage")}
-    train_config = trial_train_config(TrainConfig.from_dict(config["train"]), params)
+    """Tune entry point. ``config`` = ``{"train": TrainConfig dict, "train_storage": path,
+    "step_costs": {...}}`` plus the flat parameters the searcher suggested."""
+    train_config = trial_config(config)
     if train_config.num_workers == 1:
         _run_in_process(train_config)
     else:

@@ -43,10 +43,14 @@ def test_eight_trial_study_front_and_winner_match_the_table(ray_session, storage
     table = result.trials
     assert len(table) == 8 and (table["status"] == "TERMINATED").all()
     # feasibility, recomputed from the raw metrics
-    feasible = table[(table["val_accuracy"] >= 0.85) & (table["diverged"] == 0)]
+    feasible = table[
+        (table["val_accuracy"] >= 0.85) & (table["diverged"] == 0) & (table["stalled"] == 0)
+    ]
     assert set(feasible["trial_id"]) == set(table[table["feasible"]]["trial_id"])
     # the front, recomputed by brute force over the feasible rows
-    points = {r.trial_id: (r.instability_score, r.cost_dollars) for r in feasible.itertuples()}
+    points = {
+        r.trial_id: (r.instability_score, r.cost_to_target_dollars) for r in feasible.itertuples()
+    }
     front = {t for t, p in points.items() if not any(_dominates(q, p) for q in points.values())}
     assert front == set(result.pareto_front["trial_id"])
     assert result.winner is not None and result.winner["trial_id"] in front
