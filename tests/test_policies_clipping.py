@@ -349,6 +349,23 @@ def test_zclip_never_clips_during_warmup() -> None:
     assert clip([parameter]).clipped
 
 
+def test_zclip_warmup_hard_cap_clips_warmup_norms_above_it() -> None:
+    clip = ZClip(warmup_steps=3, warmup_max_norm=10.0)
+    outcomes = []
+    for norm in [1.0, 1000.0, 4.0]:
+        (parameter,) = with_grads([norm])
+        outcomes.append((bool(clip([parameter]).clipped), parameter.grad.item()))
+    assert outcomes[0] == (False, 1.0) and outcomes[2] == (False, 4.0)
+    assert outcomes[1][0] and outcomes[1][1] == pytest.approx(10.0, rel=1e-5)
+    state = clip.state_dict()  # the EMA starts from the capped norms: 1, 10, 4
+    assert state["mean"].item() == pytest.approx(5.0, rel=1e-5)
+
+
+def test_zclip_warmup_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="warmup_max_norm"):
+        ZClip(warmup_max_norm=0.0)
+
+
 # --- invariants --------------------------------------------------------------------------------
 
 finite_values = st.floats(-1e4, 1e4, allow_nan=False, width=32)

@@ -58,7 +58,7 @@ _BUILDERS: dict[
     ),
     "zclip": (
         frozenset(),
-        frozenset({"alpha", "z_threshold", "warmup_steps", "mode"}),
+        frozenset({"alpha", "z_threshold", "warmup_steps", "mode", "warmup_max_norm"}),
         lambda options, model: ZClip(**options),
     ),
 }
@@ -77,7 +77,7 @@ def build_clip_policy(config: Mapping[str, Any], model: nn.Module | None = None)
         {"method": "agc", "clipping": 0.01, "eps": 1e-3, "exclude": ["head"]}
         {"method": "autoclip", "percentile": 10.0, "window": None}
         {"method": "zclip", "alpha": 0.97, "z_threshold": 2.5, "warmup_steps": 25,
-         "mode": "reciprocal"}
+         "mode": "reciprocal", "warmup_max_norm": None}
 
     ``model`` (possibly wrapped in DistributedDataParallel) is needed only by ``agc``, to find
     the parameters under the ``exclude`` module-name prefixes (default ``["head"]``, the final

@@ -61,9 +61,11 @@ class ZClip:
         mu      <- alpha * mu + (1 - alpha) * n
         sigma^2 <- alpha * sigma^2 + (1 - alpha) * (n - mu)^2     (with the updated mu)
 
-    During the first ``warmup_steps`` finite norms nothing is clipped; their mean and
-    (population) variance initialise ``mu`` and ``sigma^2``. Non-finite norms are neither
-    clipped nor counted. All of it runs on the device without host synchronisation.
+    During the first ``warmup_steps`` finite norms nothing is clipped — unless
+    ``warmup_max_norm`` is set, the reference implementation's optional hard cap: then a
+    warm-up norm above it is clipped to it (and recorded as clipped). The (capped) warm-up
+    norms' mean and (population) variance initialise ``mu`` and ``sigma^2``. Non-finite norms
+    are neither clipped nor counted. All of it runs on the device without host synchronisation.
 
     >>> clip = ZClip(alpha=0.97, z_threshold=2.5, warmup_steps=25)
     >>> report = clip(model.parameters())  # doctest: +SKIP
@@ -77,6 +79,8 @@ class ZClip:
     """Finite norms collected, unclipped, before the EMA starts; >= 1."""
     mode: ZClipMode = "reciprocal"
     """How far a spike is cut back: ``"reciprocal"`` (paper) or ``"zscore"`` (see above)."""
+    warmup_max_norm: float | None = None
+    """Hard cap on the global norm during warm-up (``None``: no clipping during warm-up)."""
     statistics: ZClipStatistics = field(init=False, repr=False, compare=False)
     """The running statistics; saved and restored through :meth:`state_dict`."""
 
@@ -94,6 +98,12 @@ class ZClip:
         )
         if self.mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
+        if self.warmup_max_norm is not None:
+            object.__setattr__(
+                self,
+                "warmup_max_norm",
+                _validation.positive("warmup_max_norm", self.warmup_max_norm),
+            )
         object.__setattr__(self, "statistics", ZClipStatistics(self.warmup_steps))
 
     def __call__(self, parameters: Iterable[nn.Parameter]) -> ClipReport:
@@ -115,7 +125,13 @@ class ZClip:
         else:
             threshold = stats.mean + self.z_threshold * std
         clipped = active & (z > self.z_threshold)
-        scale_(grads, torch.where(clipped, threshold / (value + _EPS), 1.0))
+        factor = torch.where(clipped, threshold / (value + _EPS), 1.0)
+        if self.warmup_max_norm is not None:
+            capped = finite & warming & (value > self.warmup_max_norm)
+            factor = torch.where(capped, self.warmup_max_norm / (value + _EPS), factor)
+            value = torch.where(capped, torch.full_like(value, self.warmup_max_norm), value)
+            clipped = clipped | capped
+        scale_(grads, factor)
 
         # EMA update with the norm after clipping, only past warm-up and for a finite norm.
         after = torch.where(clipped, threshold, value)
