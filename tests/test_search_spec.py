@@ -46,6 +46,13 @@ def test_defaults_build_a_train_config(tmp_path):
             "search:\n  space:\n    extra: {nesterov: [true]}\n",
             "unknown training setting(s): nesterov",
         ),
+        ("training:\n  stability: {spike_zz: 3}\n", "training.stability: unknown stability"),
+        ("training:\n  stability: {spike_z: -1}\n", "spike_z must be > 0"),
+        ("training:\n  optimizer: lion\n", "training.optimizer"),
+        (
+            "constraints: {min_val_accuracy: null}\n",
+            "'cost_to_target_dollars' needs constraints.min_val_accuracy",
+        ),
         ("- just\n- a list\n", "expected a mapping"),
         ("name: [unclosed\n", "not valid YAML"),
     ],
