@@ -7,9 +7,45 @@ KS against a profile drawn from a few dozen rows report noise as drift.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from train_loops.data import PreparedDataset
+
+REFERENCE_SPLITS = ("train", "validation")
+"""The splits a shipped version's reference profile is built from."""
+
+
+def reference_profile_from_splits(
+    prepared_dataset: PreparedDataset,
+    predict: Callable[[np.ndarray], np.ndarray],
+    *,
+    splits: Sequence[str] = REFERENCE_SPLITS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The reference profile of a model over ``splits`` of ``prepared_dataset`` (by default
+    the training and validation splits): their rows, the classes ``predict`` gives them
+    (``predict(features) -> class indices``) and their labels.
+
+    Example::
+
+        profile = reference_profile_from_splits(prepared, lambda x: session.run(...)[0].argmax(1))
+    """
+    loaded = [prepared_dataset.load(split) for split in splits]
+    features = np.concatenate([split_features for split_features, _ in loaded])
+    labels = np.concatenate([split_labels for _, split_labels in loaded])
+    return build_reference_profile(
+        features,
+        np.asarray(predict(features)),
+        list(prepared_dataset.feature_names),
+        list(prepared_dataset.class_names),
+        labels=labels,
+        seed=seed,
+        source="+".join(splits),
+    )
 
 
 def build_reference_profile(

@@ -37,7 +37,7 @@ from torch import nn
 from serving.export import ONNX_OPSET, export_onnx
 from serving.gate import GateConfig, run_gate
 from serving.quantize import quantize_dynamic_int8, quantize_static_int8
-from serving.reference_profile import build_reference_profile
+from serving.reference_profile import reference_profile_from_splits
 from serving.registry import (
     ALIAS_PATTERN,
     ModelVersion,
@@ -49,8 +49,6 @@ from train_loops.data import SPLITS, PreparedDataset
 logger = logging.getLogger(__name__)
 
 QUANTIZATION_MODES = ("static", "dynamic")
-REFERENCE_SPLITS = ("train", "validation")
-"""The splits the drift reference profile is built from."""
 
 
 def ship(
@@ -73,7 +71,8 @@ def ship(
     falls back to the FP32 ONNX model; a model whose FP32 export does not match PyTorch raises
     :class:`serving.gate.ParityError` and nothing is registered. The offline metrics are
     measured with the registered file on the held-out test split; the reference profile with
-    it on the training and validation splits (:data:`REFERENCE_SPLITS`).
+    it on the training and validation splits
+    (:data:`serving.reference_profile.REFERENCE_SPLITS`).
 
     Args:
         quantization: ``"static"`` (QDQ, per-channel, calibrated) or ``"dynamic"``.
@@ -89,9 +88,6 @@ def ship(
         raise ValueError(f"calibration_rows must be >= 1, got {calibration_rows}")
     train_features, _ = prepared_dataset.load("train")
     test_features, test_labels = prepared_dataset.load("test")
-    loaded = [prepared_dataset.load(split) for split in REFERENCE_SPLITS]
-    reference_features = np.concatenate([features for features, _ in loaded])
-    reference_labels = np.concatenate([labels for _, labels in loaded])
 
     with tempfile.TemporaryDirectory(prefix="trimtab-ship-") as scratch:
         fp32_path = export_onnx(model, prepared_dataset.num_features, Path(scratch) / "fp32.onnx")
@@ -109,9 +105,6 @@ def ship(
         session = onnxruntime.InferenceSession(str(chosen_path), providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
         predictions = session.run(None, {input_name: test_features})[0].argmax(axis=1)
-        reference_predictions = session.run(None, {input_name: reference_features})[0].argmax(
-            axis=1
-        )
         class_names = list(prepared_dataset.class_names)
         feature_names = list(prepared_dataset.feature_names)
         version = registry.register(
@@ -124,14 +117,10 @@ def ship(
             gate=dataclasses.replace(result, int8_mode=quantization),
             feature_names=feature_names,
             class_names=class_names,
-            reference_profile=build_reference_profile(
-                reference_features,
-                reference_predictions,
-                feature_names,
-                class_names,
-                labels=reference_labels,
+            reference_profile=reference_profile_from_splits(
+                prepared_dataset,
+                lambda rows: session.run(None, {input_name: rows})[0].argmax(axis=1),
                 seed=seed,
-                source="+".join(REFERENCE_SPLITS),
             ),
         )
     if alias is not None:

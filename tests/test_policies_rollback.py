@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import itertools
+from statistics import NormalDist
 
 import pytest
 
@@ -16,6 +18,8 @@ from policies.rollback import (
     Verdict,
     WindowStats,
     build_rollback_policy,
+    difference_lower_bound,
+    wilson_interval,
 )
 
 GOOD_CHAMPION = WindowStats(labeled=400, observed=400, accuracy=0.95, ece=0.02)
@@ -28,25 +32,56 @@ def test_module_example_runs() -> None:
 # ----------------------------------------------------------------------------- each rule
 
 
-def test_accuracy_drop_against_the_champion() -> None:
-    rule = AccuracyDropRule(max_drop_points=5)
-    assert rule(WindowStats(labeled=100, accuracy=0.91), GOOD_CHAMPION).outcome == "pass"
-    breach = rule(WindowStats(labeled=100, accuracy=0.89), GOOD_CHAMPION)
-    assert breach == Verdict(
-        "breach",
-        "online accuracy 89.0% is 6.0 points below the champion 95.0% (limit 5 points)",
+def test_accuracy_drop_against_the_champion_judges_a_confidence_bound() -> None:
+    rule = AccuracyDropRule(max_drop_points=5)  # one-sided 95 % by default
+    # 6 points lower on 100 rows is within noise: the drop is only known to be >= 1.3 points.
+    noisy = rule(WindowStats(labeled=100, accuracy=0.89), GOOD_CHAMPION)
+    assert noisy == Verdict(
+        "pass",
+        "online accuracy 89.0% (100 rows) is 6.0 points below the champion 95.0%; at 95% "
+        "confidence the drop is at least 1.3 points (limit 5)",
     )
+    # The raw comparison (confidence 0.5) would have rolled it back.
+    raw = AccuracyDropRule(max_drop_points=5, confidence=0.5)
+    assert raw(WindowStats(labeled=100, accuracy=0.89), GOOD_CHAMPION).outcome == "breach"
+    # 8 points on 2,000 rows per side is evidence of more than 5.
+    many = WindowStats(labeled=2000, accuracy=0.95)
+    assert rule(WindowStats(labeled=2000, accuracy=0.87), many).outcome == "breach"
+    assert rule(WindowStats(labeled=2000, accuracy=0.89), many).outcome == "pass"
+    # A stricter confidence needs more evidence for the same data.
+    mid = WindowStats(labeled=400, accuracy=0.85)
+    assert rule(mid, GOOD_CHAMPION).outcome == "breach"
+    assert AccuracyDropRule(5, confidence=0.9999).__call__(mid, GOOD_CHAMPION).outcome == "pass"
     # Better than the champion is a pass, however large the difference.
-    assert rule(WindowStats(accuracy=1.0), WindowStats(accuracy=0.2)).outcome == "pass"
-    assert rule(WindowStats(accuracy=0.5), None).outcome == "unknown"
+    better = rule(WindowStats(labeled=50, accuracy=1.0), WindowStats(labeled=50, accuracy=0.2))
+    assert better.outcome == "pass"
+    assert rule(WindowStats(labeled=50, accuracy=0.5), None).outcome == "unknown"
     assert rule(WindowStats(), GOOD_CHAMPION).outcome == "unknown"
+    assert rule(WindowStats(labeled=10, accuracy=0.5), WindowStats()).outcome == "unknown"
+
+
+def test_the_drop_bound_is_newcombes_and_never_above_the_raw_difference() -> None:
+    # Newcombe (1998), Table II, example (a): 56/70 - 48/80, method 10: [0.0524, 0.3339].
+    z = NormalDist().inv_cdf(0.975)
+    assert difference_lower_bound(56 / 70, 70, 48 / 80, 80, z) == pytest.approx(0.0524, abs=1e-4)
+    assert -difference_lower_bound(48 / 80, 80, 56 / 70, 70, z) == pytest.approx(0.3339, abs=1e-4)
+    assert wilson_interval(0.0, 10, z)[0] == pytest.approx(0.0, abs=1e-12)
+    assert wilson_interval(1.0, 10, z)[1] == pytest.approx(1.0)
+    for first, second, rows in itertools.product((0.0, 0.5, 0.97, 1.0), (0.1, 0.9), (1, 30)):
+        raw = first - second
+        assert difference_lower_bound(first, rows, second, rows, 0.0) == pytest.approx(raw)
+        bounds = [difference_lower_bound(first, rows, second, rows, z) for z in (0.5, 1.6, 3.0)]
+        assert bounds == sorted(bounds, reverse=True) and bounds[0] <= raw
 
 
 def test_accuracy_drop_against_the_offline_figure() -> None:
     rule = AccuracyDropRule(max_drop_points=2, reference="offline")
-    assert rule(WindowStats(accuracy=0.93, offline_accuracy=0.96), None).outcome == "breach"
-    assert rule(WindowStats(accuracy=0.95, offline_accuracy=0.96), None).outcome == "pass"
-    missing = rule(WindowStats(accuracy=0.95), GOOD_CHAMPION)
+    clear = rule(WindowStats(labeled=400, accuracy=0.85, offline_accuracy=0.96), None)
+    assert clear.outcome == "breach"
+    assert "at 95% confidence the drop is at least 8.3 points (limit 2)" in clear.reason
+    noisy = WindowStats(labeled=100, accuracy=0.93, offline_accuracy=0.96)
+    assert rule(noisy, None).outcome == "pass"
+    missing = rule(WindowStats(labeled=100, accuracy=0.95), GOOD_CHAMPION)
     assert missing == Verdict("unknown", "the candidate has no offline accuracy")
 
 
@@ -80,6 +115,8 @@ def test_latency_rule() -> None:
     [
         (lambda: AccuracyDropRule(max_drop_points=-1), "max_drop_points must be in"),
         (lambda: AccuracyDropRule(max_drop_points=5, reference="best"), "reference must be"),
+        (lambda: AccuracyDropRule(5, confidence=0.4), r"confidence must be in \[0.5, 1.0\)"),
+        (lambda: AccuracyDropRule(5, confidence=1.0), r"confidence must be in \[0.5, 1.0\)"),
         (lambda: CalibrationRule(max_ece=0), "max_ece must be in"),
         (lambda: CalibrationRule(max_ece=float("nan")), "max_ece must be finite"),
         (lambda: DriftRule(psi_threshold=0), "psi_threshold must be > 0"),
@@ -114,7 +151,8 @@ def test_policy_rolls_back_on_any_breach_and_lists_every_reason() -> None:
     decision = policy(bad, GOOD_CHAMPION)
     assert decision.action == "rollback" and decision.rollback
     assert decision.reasons == (
-        "online accuracy 10.0% is 85.0 points below the champion 95.0% (limit 5 points)",
+        "online accuracy 10.0% (50 rows) is 85.0 points below the champion 95.0%; at 95% "
+        "confidence the drop is at least 75.6 points (limit 5)",
         "ECE 0.500 (limit 0.1)",
     )
     assert [v.outcome for v in decision.verdicts] == ["breach", "breach", "pass"]

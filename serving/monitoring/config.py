@@ -16,10 +16,19 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from policies.rollback import AccuracyDropRule, CalibrationRule, DriftRule, RollbackPolicy
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DRIFT_MIN_ROWS = 300
+"""Rows a drift window needs before it reports PSI levels and a status. Measured by
+``bench/bench_monitoring_stats.py`` (``docs/benchmarks/monitoring.md``): on undrifted digits
+traffic against a train+validation reference, 300 rows is where the share of windows with any
+feature at "warn" falls to a few percent (at 100 rows every window has one)."""
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -87,8 +96,13 @@ class MonitoringConfig:
     (drift, latency, predicted classes) and the latest ``window_size`` labeled predictions
     (accuracy, precision/recall/F1, calibration, slices)."""
     min_samples: int = 100
-    """Rows below which the summary marks a window's statistics as not yet meaningful
-    (``"enough_rows": false``) and reports no drift status."""
+    """Labeled rows below which the summary marks a window's online metrics as not yet
+    meaningful (``"enough_rows": false``)."""
+    drift_min_rows: int | None = None
+    """Prediction rows a drift window needs before it reports PSI levels, drifted features and
+    a status (PSI on fewer rows reads sampling noise as drift). ``None``:
+    :data:`DEFAULT_DRIFT_MIN_ROWS`, with a warning when ``window_size`` is too small to ever
+    hold that many (an explicit value above ``window_size`` is refused)."""
     retention_s: float = 3600.0
     """How long a prediction waits for its delayed label. A label arriving later is counted
     as ``late`` and ignored."""
@@ -104,7 +118,11 @@ class MonitoringConfig:
     needs the raw feature values of the drift window (kept in memory only, dropped as rows
     leave the window); ``False`` keeps only their histogram bins."""
     ks_alpha: float = 0.01
-    """p-value below which the KS test calls a feature drifted."""
+    """Adjusted p-value below which the KS test calls a feature drifted."""
+    ks_correction: str = "holm"
+    """Multiple-testing correction of the per-feature KS p-values: ``"holm"`` (the chance of
+    flagging any undrifted feature stays below ``ks_alpha``) or ``"bh"`` (Benjamini-Hochberg:
+    the expected share of false flags among flagged features stays below it)."""
     slices: tuple[SliceSpec, ...] = ()
     """Segments with their own online metrics."""
     canary_share: float = 0.1
@@ -144,6 +162,24 @@ class MonitoringConfig:
             )
         if not self.psi_warn < self.psi_alert:
             raise ValueError(f"psi_warn ({self.psi_warn}) must be below psi_alert")
+        if self.drift_min_rows is None:
+            object.__setattr__(self, "drift_min_rows", DEFAULT_DRIFT_MIN_ROWS)
+            if self.window_size < DEFAULT_DRIFT_MIN_ROWS:
+                logger.warning(
+                    "window_size %d cannot hold the %d rows drift needs: no drift status will be "
+                    "reported (set drift_min_rows to accept noisier drift figures)",
+                    self.window_size,
+                    DEFAULT_DRIFT_MIN_ROWS,
+                )
+        else:
+            _check_count("drift_min_rows", self.drift_min_rows)
+            if self.drift_min_rows > self.window_size:
+                raise ValueError(
+                    f"drift_min_rows ({self.drift_min_rows}) cannot exceed window_size "
+                    f"({self.window_size})"
+                )
+        if self.ks_correction not in ("holm", "bh"):
+            raise ValueError(f"ks_correction must be 'holm' or 'bh', got {self.ks_correction!r}")
         if not 0.0 < self.ks_alpha < 1.0:
             raise ValueError(f"ks_alpha must be in (0, 1), got {self.ks_alpha!r}")
         if not 0.0 < self.canary_share < 1.0:
@@ -172,6 +208,12 @@ class MonitoringConfig:
                 f"the rollback window ({self.rollback_policy.window}) cannot exceed "
                 f"window_size ({self.window_size})"
             )
+
+    @property
+    def drift_rows_needed(self) -> int:
+        """:attr:`drift_min_rows`, resolved."""
+        assert self.drift_min_rows is not None  # set in __post_init__
+        return self.drift_min_rows
 
     @property
     def rollback_policy(self) -> RollbackPolicy:

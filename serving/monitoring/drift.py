@@ -13,7 +13,19 @@ give exactly 0. Thresholds: < 0.1 stable, 0.1-0.25 ``warn`` (moderate shift), > 
 (significant shift; the feature counts as drifted).
 
 **KS.** The two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``) of the window's raw
-values against the profile's reference sample, per feature.
+values against the profile's reference sample, per feature. One test per feature is many tests
+(64 for the digits): at ``alpha = 0.01`` uncorrected, undrifted traffic would flag some feature
+in about half of all windows. The p-values are therefore adjusted for multiple testing before
+they are compared with ``alpha``: Holm's step-down method (:func:`holm_adjusted`, controls the
+chance of flagging any undrifted feature) by default, or Benjamini-Hochberg
+(``scipy.stats.false_discovery_control``, controls the expected share of false flags).
+
+**Enough rows.** PSI is biased upward on few rows: on undrifted data its expected value is
+about ``(bins - 1) * (1 / window_rows + 1 / reference_rows)`` (it is asymptotically a scaled
+chi-square; Yurdakul 2018). A window therefore reports no PSI level, drifted feature or status
+until it holds ``min_rows`` rows; ``bench/bench_monitoring_stats.py`` measures how many rows
+that takes (``docs/benchmarks/monitoring.md``). The KS test accounts for the sample size itself
+and is reported at any size.
 
 **Window.** :class:`DriftWindow` holds the latest ``size`` rows of one version in ring
 buffers: their bin indices (histogram counts are updated incrementally as rows enter and
@@ -36,6 +48,45 @@ logger = logging.getLogger(__name__)
 
 PSI_SMOOTHING = 0.5
 """Pseudo-count added to every bin on both sides of a PSI."""
+
+KS_CORRECTIONS = ("holm", "bh")
+"""Multiple-testing corrections of the per-feature KS p-values."""
+
+
+def holm_adjusted(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+    With the ``m`` p-values sorted ascending, the ``i``-th (from 0) is multiplied by ``m - i``,
+    the running maximum is taken so that the adjusted values keep the order, and they are
+    capped at 1. Rejecting where the adjusted p-value is below ``alpha`` keeps the chance of
+    any false rejection at most ``alpha``, whatever the dependence between the tests.
+    (statsmodels' ``multipletests(method="holm")`` computes the same values.)
+
+    >>> holm_adjusted([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    values = np.asarray(p_values, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"p_values must be 1-D, got shape {values.shape}")
+    if len(values) == 0:
+        return values.copy()
+    order = np.argsort(values, kind="stable")
+    multipliers = len(values) - np.arange(len(values))
+    stepped = np.minimum(np.maximum.accumulate(values[order] * multipliers), 1.0)
+    adjusted = np.empty_like(stepped)
+    adjusted[order] = stepped
+    return adjusted
+
+
+def adjust_p_values(p_values: Sequence[float] | np.ndarray, method: str) -> np.ndarray:
+    """``method`` ``"holm"`` (:func:`holm_adjusted`) or ``"bh"`` (Benjamini-Hochberg,
+    ``scipy.stats.false_discovery_control``)."""
+    if method == "holm":
+        return holm_adjusted(p_values)
+    if method == "bh":
+        values = np.asarray(p_values, dtype=np.float64)
+        return stats.false_discovery_control(values, method="bh") if len(values) else values
+    raise ValueError(f"correction must be one of {KS_CORRECTIONS}, got {method!r}")
 
 
 def population_stability_index(
@@ -126,21 +177,37 @@ class DriftReport:
     rows: int
     feature_psi: dict[str, float]
     ks: dict[str, tuple[float, float]] | None
+    """Per feature: KS statistic and raw p-value."""
     prediction_psi: float | None
     psi_warn: float
     psi_alert: float
     ks_alpha: float
     enough_rows: bool
+    min_rows: int = 0
+    """Rows the window needs before PSI levels, drifted features and the status are reported."""
+    ks_correction: str = "holm"
+    """Multiple-testing correction of the KS p-values (:data:`KS_CORRECTIONS`)."""
 
     @property
     def drifted_features(self) -> list[str]:
+        """Features with PSI above ``psi_alert``; none before the window has enough rows."""
+        if not self.enough_rows:
+            return []
         return [name for name, psi in self.feature_psi.items() if psi > self.psi_alert]
 
     @property
     def drifted_share(self) -> float | None:
-        if not self.feature_psi:
+        if not self.feature_psi or not self.enough_rows:
             return None
         return len(self.drifted_features) / len(self.feature_psi)
+
+    def ks_adjusted(self) -> dict[str, float]:
+        """The KS p-values adjusted by ``ks_correction``, per feature."""
+        if not self.ks:
+            return {}
+        names = list(self.ks)
+        adjusted = adjust_p_values([self.ks[name][1] for name in names], self.ks_correction)
+        return dict(zip(names, adjusted.tolist(), strict=True))
 
     def level(self, psi: float | None) -> str | None:
         if psi is None or not self.enough_rows:
@@ -152,6 +219,7 @@ class DriftReport:
         levels = [self.level(psi) for psi in psi_values]
         result: dict[str, Any] = {
             "rows": self.rows,
+            "min_rows": self.min_rows,
             "enough_rows": self.enough_rows,
             "thresholds": {"psi_warn": self.psi_warn, "psi_alert": self.psi_alert},
             "max_psi": max(psi_values) if psi_values else None,
@@ -176,13 +244,19 @@ class DriftReport:
             "prediction_status": self.level(self.prediction_psi),
         }
         if self.ks is not None:
-            drifted = [name for name, (_, p_value) in self.ks.items() if p_value < self.ks_alpha]
+            adjusted = self.ks_adjusted()
+            drifted = [name for name, p_value in adjusted.items() if p_value < self.ks_alpha]
             result["ks"] = {
                 "alpha": self.ks_alpha,
+                "correction": self.ks_correction,
                 "drifted_share": len(drifted) / len(self.ks) if self.ks else None,
                 "drifted_features": drifted,
                 "features": {
-                    name: {"statistic": statistic, "p_value": p_value}
+                    name: {
+                        "statistic": statistic,
+                        "p_value": p_value,
+                        "adjusted_p_value": adjusted[name],
+                    }
                     for name, (statistic, p_value) in self.ks.items()
                 },
             }
@@ -304,7 +378,9 @@ class DriftWindow:
         ks_alpha: float,
         min_rows: int,
         include_ks: bool = True,
+        ks_correction: str = "holm",
     ) -> DriftReport:
+        """Drift of the window; PSI levels and the status only from ``min_rows`` rows."""
         return DriftReport(
             rows=self.rows,
             feature_psi=self.feature_psi(),
@@ -314,4 +390,6 @@ class DriftWindow:
             psi_alert=psi_alert,
             ks_alpha=ks_alpha,
             enough_rows=self.rows >= min_rows,
+            min_rows=min_rows,
+            ks_correction=ks_correction,
         )

@@ -379,8 +379,9 @@ class Monitor:
                 psi_warn=config.psi_warn,
                 psi_alert=config.psi_alert,
                 ks_alpha=config.ks_alpha,
-                min_rows=config.min_samples,
+                min_rows=config.drift_rows_needed,
                 include_ks=include_ks,
+                ks_correction=config.ks_correction,
             )
             online = state.labeled.metrics()
             online["enough_rows"] = online["labeled"] >= config.min_samples
