@@ -2,8 +2,9 @@
 
 The same 8-trial digits study (``sampler: random``, fixed seed, so both runs try the same eight
 configurations) runs twice, each in its own storage directory, so each run calibrates its own
-per-step costs from scratch. The second run shares the machine with a CPU hog (one busy-loop
-process per core, ``--hog``; on by default) — the "machine's mood" a cost must not follow. For
+per-step costs from scratch. The second run shares the machine with a CPU hog (``--hog N``
+busy-loop processes, default 1: half of a 2-core machine) — the "machine's mood" a cost must
+not follow. For
 every configuration the table prints, side by side:
 
 * ``cost_dollars`` — the calibrated cost (steps x calibrated per-step cost x price), and
@@ -15,7 +16,7 @@ within 5 % per configuration and Spearman >= 0.95.
 
 Usage::
 
-    RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_cost.py [--trials 8] [--no-hog]
+    RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_cost.py [--trials 8] [--hog 1]
 
 About 4 minutes on a 2-core machine.
 """
@@ -47,11 +48,11 @@ def _spin(stop_at: float) -> None:
 
 
 @contextlib.contextmanager
-def cpu_hog(enabled: bool, seconds: float = 1800.0):
-    """One busy-looping process per core until the block ends."""
+def cpu_hog(count: int, seconds: float = 1800.0):
+    """``count`` busy-looping processes until the block ends."""
     processes = []
-    if enabled:
-        for _ in range(os.cpu_count() or 1):
+    if count:
+        for _ in range(count):
             process = multiprocessing.Process(target=_spin, args=(time.time() + seconds,))
             process.start()
             processes.append(process)
@@ -88,7 +89,7 @@ def run_study(storage: Path, trials: int) -> tuple[pd.DataFrame, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--no-hog", action="store_true", help="run B without the CPU hog")
+    parser.add_argument("--hog", type=int, default=1, help="busy processes during run B (0: none)")
     args = parser.parse_args()
 
     import ray
@@ -96,7 +97,7 @@ def main() -> None:
     ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as root:
         table_a, seconds_a = run_study(Path(root) / "a", args.trials)
-        with cpu_hog(not args.no_hog):
+        with cpu_hog(args.hog):
             table_b, seconds_b = run_study(Path(root) / "b", args.trials)
     ray.shutdown()
 
@@ -120,7 +121,7 @@ def main() -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(
         f"run A: {seconds_a:.0f} s, quiet; run B: {seconds_b:.0f} s, "
-        f"{'with a CPU hog on every core' if not args.no_hog else 'quiet'}\n"
+        f"{f'beside {args.hog} busy-loop process(es)' if args.hog else 'quiet'}\n"
     )
     print(
         "| settings | steps | cost A ($) | cost B ($) | diff "

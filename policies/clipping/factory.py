@@ -1,72 +1,23 @@
-"""Build a clipping policy from its config entry: the one place that knows every method."""
+"""Build a clipping policy from its config entry (a mapping or a typed config)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from policies.clipping.agc import AdaptiveGradientClipping
-from policies.clipping.autoclip import AutoClip
 from policies.clipping.base import ClipPolicy
-from policies.clipping.no_clipping import NoClipping
-from policies.clipping.norm import ClipByNorm
-from policies.clipping.value import ClipByValue
-from policies.clipping.zclip import ZClip
+from policies.clipping.configs import CLIP_CONFIGS, ClipConfigBase, parse_clip_config
 
-logger = logging.getLogger(__name__)
-
-CLIP_METHODS: dict[str, str | None] = {
-    "none": None,
-    "norm": "max_norm",
-    "value": "clip_value",
-    "agc": "clipping",
-    "autoclip": "percentile",
-    "zclip": "z_threshold",
-}
+CLIP_METHODS: dict[str, str | None] = {name: config.tuned for name, config in CLIP_CONFIGS.items()}
 """Every clipping method, mapped to the name of the parameter a search tunes (``None``: none)."""
 
 
-def _agc(options: dict[str, Any], model: nn.Module | None) -> ClipPolicy:
-    exclude = options.pop("exclude", ("head",))
-    if model is None:
-        if exclude:
-            raise ValueError(f"agc needs the model to resolve exclude={exclude!r}; pass model")
-        return AdaptiveGradientClipping(**options)
-    return AdaptiveGradientClipping.for_model(model, exclude=exclude, **options)
-
-
-# method -> (required keys, optional keys, builder taking the options and the model)
-_BUILDERS: dict[
-    str,
-    tuple[frozenset[str], frozenset[str], Callable[[dict[str, Any], nn.Module | None], ClipPolicy]],
-] = {
-    "none": (frozenset(), frozenset(), lambda options, model: NoClipping()),
-    "norm": (frozenset({"max_norm"}), frozenset(), lambda options, model: ClipByNorm(**options)),
-    "value": (
-        frozenset({"clip_value"}),
-        frozenset(),
-        lambda options, model: ClipByValue(**options),
-    ),
-    "agc": (frozenset(), frozenset({"clipping", "eps", "exclude"}), _agc),
-    "autoclip": (
-        frozenset(),
-        frozenset({"percentile", "window"}),
-        lambda options, model: AutoClip(**options),
-    ),
-    "zclip": (
-        frozenset(),
-        frozenset({"alpha", "z_threshold", "warmup_steps", "mode", "warmup_max_norm"}),
-        lambda options, model: ZClip(**options),
-    ),
-}
-assert set(_BUILDERS) == set(CLIP_METHODS)
-
-
-def build_clip_policy(config: Mapping[str, Any], model: nn.Module | None = None) -> ClipPolicy:
-    """The clipping policy that ``config`` describes.
+def build_clip_policy(
+    config: Mapping[str, Any] | ClipConfigBase, model: nn.Module | None = None
+) -> ClipPolicy:
+    """The clipping policy that ``config`` describes (see :mod:`policies.clipping.configs`).
 
     ``config["method"]`` is one of :data:`CLIP_METHODS`; the other keys are that method's
     arguments (all optional except the threshold of ``norm`` and ``value``)::
@@ -88,24 +39,11 @@ def build_clip_policy(config: Mapping[str, Any], model: nn.Module | None = None)
     >>> build_clip_policy({"method": "norm", "max_norm": 1.0})
     ClipByNorm(max_norm=1.0)
     """
-    if not isinstance(config, Mapping):
+    if not isinstance(config, Mapping | ClipConfigBase):
         raise ValueError(f"a clipping config must be a mapping, got {config!r}")
-    if "method" not in config:
-        raise ValueError(f"a clipping config needs a 'method' (one of {list(CLIP_METHODS)})")
-    method = config["method"]
-    if method not in _BUILDERS:
+    typed = parse_clip_config(dict(config) if isinstance(config, Mapping) else config)
+    if typed.method == "agc" and model is None and typed.exclude:  # type: ignore[attr-defined]
         raise ValueError(
-            f"unknown clipping method {method!r}; expected one of {list(CLIP_METHODS)}"
+            f"agc needs the model to resolve exclude={typed.exclude!r}; pass model"  # type: ignore[attr-defined]
         )
-    required, optional, build = _BUILDERS[method]
-    options = {key: value for key, value in config.items() if key != "method"}
-    unknown = sorted(set(options) - required - optional)
-    if unknown:
-        allowed = sorted(required | optional)
-        raise ValueError(
-            f"unknown key(s) {unknown} for clipping method {method!r}; allowed: {allowed}"
-        )
-    missing = sorted(required - set(options))
-    if missing:
-        raise ValueError(f"clipping method {method!r} needs key(s) {missing}")
-    return build(options, model)
+    return typed.build(model)
