@@ -7,14 +7,26 @@ import doctest
 import itertools
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 import serving.monitoring.drift
-from serving.monitoring.drift import DriftWindow, ReferenceBins, population_stability_index
+from policies.rollback import DriftRule, RollbackPolicy
+from serving.monitoring.config import DEFAULT_DRIFT_MIN_ROWS, MonitoringConfig
+from serving.monitoring.drift import (
+    DriftWindow,
+    ReferenceBins,
+    adjust_p_values,
+    holm_adjusted,
+    population_stability_index,
+)
 from serving.monitoring.labels import PredictionStore
 from serving.monitoring.metrics import (
     LabeledRow,
@@ -23,7 +35,9 @@ from serving.monitoring.metrics import (
     classification_metrics,
     expected_calibration_error,
 )
-from serving.registry import build_reference_profile
+from serving.monitoring.monitor import Monitor, Observation, VersionReference
+from serving.reference_profile import build_reference_profile, reference_profile_from_splits
+from train_loops.data import DataSpec, PreparedDataset, prepare_dataset
 
 FAST = settings(max_examples=40, deadline=None)
 counts_strategy = st.lists(st.integers(0, 1000), min_size=1, max_size=20)
@@ -118,8 +132,10 @@ def test_window_counts_stay_equal_to_a_recount_as_rows_come_and_go() -> None:
             recount = np.bincount(
                 np.searchsorted(cuts, kept[:, column], side="left"), minlength=len(cuts) + 1
             )
-            assert window.feature_psi()[name] == population_stability_index(
-                bins.expected_counts[column], recount
+            assert window.feature_psi()[name] == pytest.approx(
+                population_stability_index(bins.expected_counts[column], recount),
+                rel=1e-12,
+                abs=1e-15,
             )
             statistic, p_value = window.ks_tests()[name]
             expected = stats.ks_2samp(kept[:, column], profile["features"][name]["sample"])
@@ -279,3 +295,149 @@ def test_labels_join_once_and_late_or_unknown_ids_are_told_apart() -> None:
     store.add("e", 0, version=2, predicted=1, confidence=0.5)  # a retry replaces
     assert store.replaced == 1
     assert store.claim("e")[0] == "joined"
+
+
+# ----------------------------------------------------------------------------- multiple testing
+
+
+@FAST
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=70))
+def test_holm_rejects_what_the_step_down_procedure_rejects(p_values: list[float]) -> None:
+    adjusted = holm_adjusted(p_values)
+    assert adjusted.shape == (len(p_values),)
+    assert ((adjusted >= np.asarray(p_values)) & (adjusted <= 1.0)).all()
+    for alpha in (0.001, 0.01, 0.05, 0.2):
+        # Holm (1979): walk the sorted p-values, reject while p_(k) <= alpha / (m - k).
+        rejected = set()
+        for rank, index in enumerate(np.argsort(p_values, kind="stable")):
+            if p_values[index] > alpha / (len(p_values) - rank):
+                break
+            rejected.add(int(index))
+        assert {i for i, p in enumerate(adjusted) if p <= alpha} == rejected
+
+
+def test_benjamini_hochberg_is_scipys_and_unknown_corrections_are_refused() -> None:
+    p_values = np.random.default_rng(0).uniform(size=30) ** 3
+    np.testing.assert_array_equal(
+        adjust_p_values(p_values, "bh"), stats.false_discovery_control(p_values, method="bh")
+    )
+    np.testing.assert_array_equal(adjust_p_values(p_values, "holm"), holm_adjusted(p_values))
+    with pytest.raises(ValueError, match="correction must be one of"):
+        adjust_p_values(p_values, "bonferroni-ish")
+    with pytest.raises(ValueError, match="ks_correction must be 'holm' or 'bh'"):
+        MonitoringConfig(ks_correction="none")
+
+
+def test_corrected_ks_keeps_undrifted_windows_quiet_across_64_features() -> None:
+    profile, names, _ = make_profile(rows=2000, features=64, seed=3)
+    bins = ReferenceBins.from_profile(profile, names, 3)
+    rng = np.random.default_rng(4)
+    uncorrected = corrected = 0
+    windows = 40
+    for _ in range(windows):
+        window = DriftWindow(bins, 3, size=200, keep_values=True)
+        window.add(rng.normal(size=(200, 64)).astype(np.float32), np.zeros(200, dtype=np.int64))
+        report = window.report(psi_warn=0.1, psi_alert=0.25, ks_alpha=0.01, min_rows=200)
+        uncorrected += any(p_value < 0.01 for _, p_value in report.ks.values())
+        corrected += bool(report.to_dict()["ks"]["drifted_features"])
+    # 64 tests at 1 % flag some feature in ~47 % of undrifted windows; Holm in <= 1 %.
+    assert uncorrected >= windows // 4
+    assert corrected <= 1
+    # A real shift of one feature is still found after the correction.
+    window.add(rng.normal(loc=0.6, size=(200, 64)).astype(np.float32), np.zeros(200, np.int64))
+    shifted = window.report(psi_warn=0.1, psi_alert=0.25, ks_alpha=0.01, min_rows=200).to_dict()
+    assert shifted["ks"]["correction"] == "holm" and shifted["ks"]["drifted_share"] > 0.9
+    first = shifted["ks"]["features"]["f0"]
+    assert first["adjusted_p_value"] >= first["p_value"]
+
+
+def test_no_drift_level_or_status_before_the_window_has_enough_rows() -> None:
+    profile, names, reference = make_profile()
+    bins = ReferenceBins.from_profile(profile, names, 3)
+    window = DriftWindow(bins, 3, size=1000, keep_values=True)
+    window.add(-reference[:50] + 3.0, np.zeros(50, dtype=np.int64))  # drifted, but 50 rows
+    early = window.report(psi_warn=0.1, psi_alert=0.25, ks_alpha=0.01, min_rows=300).to_dict()
+    assert early["enough_rows"] is False and early["min_rows"] == 300
+    assert early["status"] is None and early["prediction_status"] is None
+    assert early["drifted_features"] == [] and early["drifted_share"] is None
+    assert early["warn_features"] == []
+    assert min(early["feature_psi"].values()) > 0.25  # the figures are shown, not judged
+    assert early["ks"]["drifted_share"] == 1.0  # KS accounts for the sample size itself
+    window.add(-reference[:250] + 3.0, np.zeros(250, dtype=np.int64))
+    late = window.report(psi_warn=0.1, psi_alert=0.25, ks_alpha=0.01, min_rows=300).to_dict()
+    assert late["enough_rows"] and late["status"] == "alert" and late["drifted_share"] == 1.0
+
+
+def test_drift_min_rows_defaults_to_the_measured_size_and_is_checked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert MonitoringConfig().drift_min_rows == DEFAULT_DRIFT_MIN_ROWS
+    small = RollbackPolicy((DriftRule(),), window=400)
+    assert MonitoringConfig(window_size=400, drift_min_rows=400, rollback=small).drift_min_rows
+    with pytest.raises(ValueError, match=r"drift_min_rows \(500\) cannot exceed window_size"):
+        MonitoringConfig(window_size=400, drift_min_rows=500, rollback=small)
+    with caplog.at_level("WARNING", logger="serving.monitoring.config"):
+        MonitoringConfig(
+            window_size=50, min_samples=10, rollback=RollbackPolicy((DriftRule(),), 50, 10)
+        )
+    assert f"window_size 50 cannot hold the {DEFAULT_DRIFT_MIN_ROWS} rows" in caplog.text
+
+
+# ----------------------------------------------------------------------------- outside data
+
+
+@pytest.fixture(scope="module")
+def breast_cancer(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
+    """scikit-learn's breast cancer set (569 rows, 30 features; shipped, no download), split
+    70/15/15 by the same code as any user's Parquet file."""
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [name.replace(" ", "_") for name in frame.columns]
+    directory = tmp_path_factory.mktemp("breast-cancer")
+    pq.write_table(pa.Table.from_pandas(frame), directory / "data.parquet")
+    return prepare_dataset(
+        DataSpec(source=str(directory / "data.parquet"), label_column="target"),
+        directory / "prepared",
+    )
+
+
+def _drift_of(profile: dict, prepared: PreparedDataset, features: np.ndarray, model) -> dict:
+    reference = VersionReference(1, prepared.feature_names, prepared.class_names, profile)
+    monitor = Monitor(MonitoringConfig(), lambda version: reference)
+    monitor.ingest([Observation("r", 1, features, model.predict_proba(features), 0.001)])
+    return monitor.summary()["versions"]["1"]["drift"]
+
+
+def test_held_out_rows_of_a_small_outside_data_set_are_not_reported_as_drift(
+    breast_cancer: PreparedDataset,
+) -> None:
+    train_features, train_labels = breast_cancer.load("train")
+    test_features, _ = breast_cancer.load("test")
+    assert (len(train_features), len(test_features)) == (397, 86)
+    model = LogisticRegression(max_iter=5000).fit(train_features, train_labels)
+    # The profile ship() builds: every training and validation row (483).
+    profile = reference_profile_from_splits(breast_cancer, model.predict)
+    assert profile["rows"] == 397 + 86 and profile["source"] == "train+validation"
+
+    held_out = _drift_of(profile, breast_cancer, test_features, model)
+    assert held_out["rows"] == 86 and not held_out["enough_rows"]
+    assert held_out["status"] is None and held_out["drifted_features"] == []
+    assert held_out["warn_features"] == []
+    assert held_out["ks"]["drifted_features"] == []  # Holm-corrected, valid at 86 rows
+    seen = _drift_of(profile, breast_cancer, train_features, model)
+    assert seen["enough_rows"] and seen["status"] == "ok"
+    assert max(seen["feature_psi"].values()) < 0.05 and seen["ks"]["drifted_features"] == []
+
+    # What was reported before: a profile of the 86 test rows calls the training rows drifted.
+    small = build_reference_profile(
+        test_features,
+        model.predict(test_features),
+        list(breast_cancer.feature_names),
+        list(breast_cancer.class_names),
+    )
+    against_small = _drift_of(small, breast_cancer, train_features, model)
+    assert against_small["status"] == "alert" and against_small["drifted_features"]
+
+    # And a real shift of the held-out rows is still found on as few rows.
+    shifted = test_features.copy()
+    shifted[:, :5] *= 1.5
+    assert len(_drift_of(profile, breast_cancer, shifted, model)["ks"]["drifted_features"]) >= 3

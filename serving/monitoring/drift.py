@@ -263,6 +263,16 @@ class DriftReport:
         return result
 
 
+def _padded_expected(reference: ReferenceBins, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference counts as one ``(features, width)`` matrix, and the mask of real bins."""
+    counts = np.zeros((len(reference.expected_counts), width), dtype=np.float64)
+    mask = np.zeros(counts.shape, dtype=bool)
+    for row, expected in enumerate(reference.expected_counts):
+        counts[row, : len(expected)] = expected
+        mask[row, : len(expected)] = True
+    return counts, mask
+
+
 class DriftWindow:
     """The latest ``size`` prediction rows of one version (not thread-safe: the monitor
     locks around it).
@@ -297,6 +307,7 @@ class DriftWindow:
         self._bin_counts = np.zeros((num_features, max_bins), dtype=np.int64)
         self._class_counts = np.zeros(num_classes, dtype=np.int64)
         self._feature_offsets = np.arange(num_features, dtype=np.int64) * max_bins
+        self._expected: tuple[np.ndarray, np.ndarray] | None = None
         self._next = 0
         self.rows = 0
 
@@ -334,15 +345,26 @@ class DriftWindow:
         return self._class_counts.copy()
 
     def feature_psi(self) -> dict[str, float]:
-        """PSI of every feature; empty when the window is empty or has no reference."""
+        """PSI of every feature; empty when the window is empty or has no reference.
+
+        All features at once: the same smoothed sum as :func:`population_stability_index`,
+        over each feature's own bins (the padding beyond them is masked out).
+        """
         if self.reference is None or self.rows == 0:
             return {}
-        return {
-            name: population_stability_index(expected, self._bin_counts[column, : len(expected)])
-            for column, (name, expected) in enumerate(
-                zip(self.reference.feature_names, self.reference.expected_counts, strict=True)
-            )
-        }
+        if self._expected is None:
+            self._expected = _padded_expected(self.reference, self._bin_counts.shape[1])
+        expected_counts, mask = self._expected
+        bins = mask.sum(axis=1, keepdims=True)
+        expected = (expected_counts + PSI_SMOOTHING) / (
+            expected_counts.sum(axis=1, keepdims=True) + PSI_SMOOTHING * bins
+        )
+        actual = (self._bin_counts + PSI_SMOOTHING) / (
+            self._bin_counts.sum(axis=1, keepdims=True) + PSI_SMOOTHING * bins
+        )
+        terms = np.where(mask, (actual - expected) * np.log(actual / expected), 0.0)
+        values = np.maximum(terms.sum(axis=1), 0.0).tolist()
+        return dict(zip(self.reference.feature_names, values, strict=True))
 
     def prediction_psi(self) -> float | None:
         if self.reference is None or self.rows == 0:
