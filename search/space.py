@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from policies.clipping import CLIP_CONFIGS
 from search.cost_calibration import charged
 from search.spec import FloatRange, SearchSpace
 from train_loops.config import TrainConfig
@@ -19,16 +20,6 @@ FIXED_KEYS = ("train", "train_storage", "step_costs")
 """Keys of a Tune trial config that the study fixes; every other key is a searched parameter:
 ``train`` (the shared TrainConfig as a dict), ``train_storage`` (where N-worker trials keep
 their Ray Train runs), ``step_costs`` (the study's calibrated seconds per step)."""
-
-# clip method → (Optuna parameter name, the policy's own key)
-CLIP_PARAMETERS: dict[str, tuple[str, str] | None] = {
-    "none": None,
-    "norm": ("max_norm", "max_norm"),
-    "value": ("clip_value", "clip_value"),
-    "agc": ("agc_clipping", "clipping"),
-    "autoclip": ("autoclip_percentile", "percentile"),
-    "zclip": ("zclip_z_threshold", "z_threshold"),
-}
 
 
 @dataclass(frozen=True)
@@ -52,9 +43,9 @@ class ResolvedSpace:
         A method, not a closure, so Tune can pickle the searcher with its state."""
         space = self.space
         method = trial.suggest_categorical("clip_method", list(space.clipping.methods))
-        parameter = CLIP_PARAMETERS[method]
-        if parameter is not None:
-            _suggest(trial, parameter[0], self.range_for(parameter[0]))
+        name = CLIP_CONFIGS[method].search_name
+        if name is not None:
+            _suggest(trial, name, self.range_for(name))
         trial.suggest_categorical("precision", list(space.precision))
         trial.suggest_categorical("activation_checkpointing", list(space.activation_checkpointing))
         if space.learning_rate is not None:
@@ -73,20 +64,27 @@ def _suggest(trial: Any, name: str, bounds: FloatRange) -> float:
 
 
 def trial_train_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
-    """Apply a trial's flat parameters (as Optuna named them) to the shared training config."""
+    """Apply a trial's flat parameters (as Optuna named them) to the shared training config.
+
+    The trial's clipping method keeps the base config's other settings of that method (say a
+    ZClip warm-up cap from ``training.clipping``); its tuned parameter is the trial's."""
     params = dict(params)
     changes: dict[str, Any] = {}
     method = params.pop("clip_method", None)
+    thresholds = {  # every method's threshold leaves params; only this trial's is used
+        config.search_name: params.pop(config.search_name, None)
+        for config in CLIP_CONFIGS.values()
+        if config.search_name is not None
+    }
     if method is not None:
-        clipping: dict[str, Any] = {"method": method}
-        parameter = CLIP_PARAMETERS[method]
-        if parameter is not None:
-            clipping[parameter[1]] = params.pop(parameter[0])
-        changes["clipping"] = clipping
-    for name, _ in (p for p in CLIP_PARAMETERS.values() if p is not None):
-        params.pop(name, None)  # another method's threshold: not this trial's
+        config = CLIP_CONFIGS[method]
+        settings = base.clipping.model_dump() if base.clipping.method == method else {}
+        settings["method"] = method
+        if config.tuned is not None:
+            settings[config.tuned] = thresholds[config.search_name]
+        changes["clipping"] = config.model_validate(settings)
     changes.update(params)
-    return TrainConfig.from_dict({**base.to_dict(), **changes})
+    return base.replace(**changes)
 
 
 def search_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -104,10 +102,10 @@ def trial_config(config: dict[str, Any]) -> TrainConfig:
 def describe_params(params: dict[str, Any]) -> str:
     """``norm(max_norm=0.84) fp16 ac=2 lr=3.1e-03`` — one trial's settings, short."""
     method = params.get("clip_method", "?")
-    parameter = CLIP_PARAMETERS.get(method)
+    config = CLIP_CONFIGS.get(method)
     clip = method
-    if parameter is not None and parameter[0] in params:
-        clip += f"({parameter[1]}={params[parameter[0]]:.3g})"
+    if config is not None and config.search_name in params:
+        clip += f"({config.tuned}={params[config.search_name]:.3g})"
     parts = [clip, str(params.get("precision", "")), f"ac={params.get('activation_checkpointing')}"]
     if "learning_rate" in params:
         parts.append(f"lr={params['learning_rate']:.2e}")

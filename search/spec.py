@@ -17,16 +17,20 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
-from policies import StabilityConfig
-from train_loops.config import TrainConfig
+from policies.clipping import CLIP_CONFIGS, AGCConfig, AutoClipConfig, ZClipConfig
+from train_loops.config import TrainConfig, TrainingSettings
 from train_loops.data import DataSpec
 from train_loops.models import ModelSpec
 
-CLIP_METHODS = ("none", "norm", "value", "agc", "autoclip", "zclip")
+CLIP_METHODS = tuple(CLIP_CONFIGS)
+SET_BY_THE_STUDY = {
+    "step_cost_seconds": "measured per setting into cost_calibration.json",
+    "target_val_accuracy": "it is constraints.min_val_accuracy",
+}
+"""Run settings a study fills in itself, refused in a study file."""
 
 
 class SpecError(ValueError):
@@ -51,6 +55,12 @@ class FloatRange(_Strict):
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got {self.low}")
         return self
+
+    @classmethod
+    def searched_by(cls, config: type) -> FloatRange:
+        """The default range a clipping config declares (``(low, high, log)``)."""
+        low, high, log = config.search_range
+        return cls(low=low, high=high, log=log)
 
 
 class DataSection(_Strict):
@@ -77,38 +87,6 @@ class ModelSection(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrainingSection(_Strict):
-    """Training settings every trial shares (the search overrides the ones it explores)."""
-
-    epochs: int = Field(4, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    global_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(20, ge=0)
-    clipping: dict[str, Any] = Field(default_factory=lambda: {"method": "none"})
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    activation_checkpointing: int = Field(0, ge=0)
-    stability: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
-    report_every_steps: int = Field(50, ge=1)
-    checkpoint_every_steps: int = Field(100, ge=1)
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    max_failures: int = Field(0, ge=0)
-    price_per_worker_hour: float = Field(0.10, ge=0)
-    data_loader: Literal["arrow", "ray_data"] = "arrow"
-
-    @field_validator("stability")
-    @classmethod
-    def _known_stability_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        StabilityConfig.from_mapping(value)  # names an unknown key or a bad value
-        return value
-
-
 class ClipSpace(_Strict):
     """Which clipping methods to try, and each one's own parameter range.
 
@@ -121,9 +99,9 @@ class ClipSpace(_Strict):
     )
     max_norm: FloatRange | Literal["probe"] = "probe"
     clip_value: FloatRange | Literal["probe"] = "probe"
-    agc_clipping: FloatRange = FloatRange(low=0.005, high=0.2)
-    autoclip_percentile: FloatRange = FloatRange(low=1.0, high=50.0, log=False)
-    zclip_z_threshold: FloatRange = FloatRange(low=1.5, high=4.0, log=False)
+    agc_clipping: FloatRange = FloatRange.searched_by(AGCConfig)
+    autoclip_percentile: FloatRange = FloatRange.searched_by(AutoClipConfig)
+    zclip_z_threshold: FloatRange = FloatRange.searched_by(ZClipConfig)
 
 
 class SearchSpace(_Strict):
@@ -144,7 +122,7 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _known_extras(self) -> SearchSpace:
-        unknown = sorted(set(self.extra) - set(TrainingSection.model_fields))
+        unknown = sorted(set(self.extra) - set(TrainingSettings.model_fields))
         if unknown:
             raise ValueError(f"extra names unknown training setting(s): {', '.join(unknown)}")
         return self
@@ -218,12 +196,21 @@ class StudySpec(_Strict):
     storage: str = Field("runs", description="directory for Tune results and the Optuna journal")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
-    training: TrainingSection = Field(default_factory=TrainingSection)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     search: SearchSection = Field(default_factory=SearchSection)
     objectives: ObjectivesSection = Field(default_factory=ObjectivesSection)
     constraints: ConstraintsSection = Field(default_factory=ConstraintsSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
     final_fit: FinalFitSection = Field(default_factory=FinalFitSection)
+
+    @model_validator(mode="after")
+    def _study_sets_these(self) -> StudySpec:
+        for name in SET_BY_THE_STUDY:
+            if name in self.training.model_fields_set or name in self.search.space.extra:
+                raise ValueError(
+                    f"training.{name} is set by the study ({SET_BY_THE_STUDY[name]}); remove it"
+                )
+        return self
 
     @model_validator(mode="after")
     def _target_for_cost(self) -> StudySpec:
@@ -266,16 +253,23 @@ class StudySpec(_Strict):
             **self.training.model_dump(),
             "target_val_accuracy": self.constraints.min_val_accuracy,
             **overrides,
+            "model": ModelSpec(self.model.name, dict(self.model.options)),
+            "dataset_dir": str(dataset_dir),
         }
-        values["model"] = ModelSpec(self.model.name, dict(self.model.options))
-        return TrainConfig(dataset_dir=str(dataset_dir), **values)
+        return TrainConfig.model_validate(values)
+
+
+UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """The first problem as ``field.path: what is wrong``, in one line."""
-    first = error.errors()[0]
+    """The first problem as ``field.path: what is wrong``, in one line; a misspelt key is
+    named before anything it caused (a required key then looks missing)."""
+    errors = error.errors()
+    unknown = [e for e in errors if e["type"] in UNKNOWN_KEY_ERRORS]
+    first = (unknown or errors)[0]
     location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
+    if first["type"] in UNKNOWN_KEY_ERRORS:
         return f"unknown key {location!r}"
     if first["type"] == "missing":
         return f"missing key {location!r}"

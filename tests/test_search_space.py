@@ -5,8 +5,15 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from policies.selection import Candidate, CheapestWithin, KneePoint, pareto_indices
-from search.space import CLIP_PARAMETERS, ResolvedSpace, trial_train_config
+from policies.clipping import CLIP_CONFIGS, ZClipConfig
+from policies.selection import (
+    Candidate,
+    CheapestWithin,
+    KneePoint,
+    PreferLowerValidationLoss,
+    pareto_indices,
+)
+from search.space import ResolvedSpace, trial_train_config
 from search.spec import FloatRange, SearchSpace
 from train_loops.config import TrainConfig
 
@@ -32,17 +39,19 @@ def test_each_trial_gets_only_its_methods_threshold_within_range():
         params = trial.params
         method = params["clip_method"]
         seen.add(method)
-        thresholds = {name for name, _ in filter(None, CLIP_PARAMETERS.values())} & set(params)
-        expected = CLIP_PARAMETERS[method]
-        assert thresholds == ({expected[0]} if expected else set())
+        names = {config.search_name for config in CLIP_CONFIGS.values()} - {None}
+        expected = CLIP_CONFIGS[method].search_name
+        assert names & set(params) == ({expected} if expected else set())
         if method == "norm":
             assert 0.5 <= params["max_norm"] <= 4.0
         config = trial_train_config(base, params)
-        assert config.clipping["method"] == method
+        assert config.clipping.method == method
+        if expected:
+            assert config.clipping.tuned_value == params[expected]
         assert config.precision == params["precision"]
         assert config.learning_rate == params["learning_rate"]
         study.tell(trial, [0.0, 1.0])
-    assert seen == set(CLIP_PARAMETERS)
+    assert seen == set(CLIP_CONFIGS)
 
 
 def test_restricted_fixed_and_extended_space():
@@ -56,8 +65,13 @@ def test_restricted_fixed_and_extended_space():
     )
     trial = study.ask()
     space(trial)
-    config = trial_train_config(TrainConfig(dataset_dir="d", learning_rate=0.002), trial.params)
-    assert config.clipping == {"method": "zclip", "z_threshold": trial.params["zclip_z_threshold"]}
+    base = TrainConfig(
+        dataset_dir="d", learning_rate=0.002, clipping={"method": "zclip", "warmup_max_norm": 5.0}
+    )
+    config = trial_train_config(base, trial.params)
+    assert config.clipping == ZClipConfig(
+        z_threshold=trial.params["zclip_z_threshold"], warmup_max_norm=5.0
+    )  # the base's other zclip settings stay
     assert config.precision == "bf16" and config.activation_checkpointing == 2
     assert config.learning_rate == 0.002  # fixed: not searched
     assert 1e-5 <= config.weight_decay <= 1e-2
@@ -82,3 +96,18 @@ def test_selection_policies():
         KneePoint()([])
     with pytest.raises(ValueError, match="tolerance"):
         CheapestWithin(-1)
+
+
+def test_lower_validation_loss_wins_within_tolerance_and_says_so():
+    candidates = [
+        Candidate("stable", 0.0, 10.0, val_loss=0.30),
+        Candidate("knee", 0.05, 2.0, val_loss=0.40),
+        Candidate("close", 0.08, 2.1, val_loss=0.10),  # dominated, but better and within slack
+        Candidate("cheap", 0.6, 1.0, val_loss=0.05),
+    ]
+    policy = PreferLowerValidationLoss(KneePoint(), instability_tolerance=0.05, cost_tolerance=0.1)
+    selection = policy(candidates)
+    assert selection.key == "close"
+    assert "lower validation loss (0.1 vs 0.4)" in selection.reason
+    strict = PreferLowerValidationLoss(KneePoint(), instability_tolerance=0.0, cost_tolerance=0.0)
+    assert strict(candidates).key == "knee"

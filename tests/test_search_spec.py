@@ -46,7 +46,7 @@ def test_defaults_build_a_train_config(tmp_path):
             "search:\n  space:\n    extra: {nesterov: [true]}\n",
             "unknown training setting(s): nesterov",
         ),
-        ("training:\n  stability: {spike_zz: 3}\n", "training.stability: unknown stability"),
+        ("training:\n  stability: {spike_zz: 3}\n", "unknown key 'training.stability.spike_zz'"),
         ("training:\n  stability: {spike_z: -1}\n", "spike_z must be > 0"),
         ("training:\n  optimizer: lion\n", "training.optimizer"),
         (
@@ -67,13 +67,23 @@ def test_bad_study_files_name_the_field(tmp_path, text, message):
     assert "\n" not in str(error.value)
 
 
-def test_cli_misspelt_key_exits_2_with_one_line(tmp_path):
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("training:\n  learning_rte: 0.1\n", "training.learning_rte"),
+        ("training:\n  stability: {spike_zz: 3}\n", "training.stability.spike_zz"),
+        ("training:\n  clipping: {method: norm, max_nrm: 1.0}\n", "training.clipping.norm.max_nrm"),
+        ("search:\n  num_trail: 3\n", "search.num_trail"),
+        ("search:\n  space: {clipping: {method: [norm]}}\n", "search.space.clipping.method"),
+    ],
+)
+def test_cli_misspelt_key_exits_2_with_one_line(tmp_path, body, key):
     path = tmp_path / "study.yaml"
-    path.write_text("name: x\ntraining:\n  learning_rte: 0.1\n")
+    path.write_text("name: x\n" + body)
     result = CliRunner().invoke(main, ["study", "run", str(path)])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line]
-    assert lines == [f"trimtab: error: {path}: unknown key 'training.learning_rte'"]
+    assert lines == [f"trimtab: error: {path}: unknown key {key!r}"]
 
 
 def test_cli_missing_file_and_bad_report_dir_exit_2(tmp_path):

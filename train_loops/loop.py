@@ -25,7 +25,6 @@ from torch.nn import functional
 from policies import (
     ActivationCheckpointing,
     SavedTensorBytes,
-    StabilityConfig,
     StabilityDetector,
     StabilityReport,
     build_clip_policy,
@@ -253,7 +252,7 @@ def train(
     )
     precision = build_precision(config.precision, device)
     clip = clip_policy if clip_policy is not None else build_clip_policy(config.clipping, model)
-    detector = StabilityDetector(StabilityConfig.from_mapping(config.stability))
+    detector = StabilityDetector(config.stability)
     cost = CostMeter(config, context.world_size)
 
     step, epoch, batch_in_epoch = 0, 0, 0
