@@ -83,7 +83,7 @@ class PrecisionPolicy:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Context for the forward pass and loss: autocast to :attr:`dtype`, or nothing (fp32)."""
-        if self.name == "fp32":
+        if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 

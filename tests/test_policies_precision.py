@@ -8,9 +8,25 @@ import pytest
 import torch
 from torch import nn
 
+from policies import NoClipping
 from policies.precision import PRECISIONS, PrecisionPolicy, build_precision
+from train_loops.loop import train_step as loop_train_step
 
 CPU = torch.device("cpu")
+
+
+def poison_next_backward(model: nn.Module) -> None:
+    """Make the next backward write inf into one element of the first parameter's gradient,
+    as an overflow in backward would (a tensor hook, removed once it fired)."""
+    parameter = next(model.parameters())
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:
+        handle.remove()
+        grad = grad.clone()
+        grad.view(-1)[0] = float("inf")
+        return grad
+
+    handle = parameter.register_hook(poison)
 
 
 def round_trip(state: dict) -> dict:
@@ -23,18 +39,18 @@ def round_trip(state: dict) -> dict:
 def train_step(
     precision: PrecisionPolicy, model: nn.Module, optimizer: torch.optim.Optimizer, poison=False
 ) -> tuple[torch.Tensor, bool]:
-    """The training loop's step, top to bottom; ``poison`` puts an inf into one gradient."""
+    """The training loop's own step (``train_loops.loop.train_step``) on a fixed batch;
+    ``poison`` puts an inf into one gradient during backward. Returns the autocast output of
+    the batch (for its dtype) and whether the optimizer stepped."""
     x = torch.linspace(-1, 1, 32, device=precision.device).reshape(8, 4)
+    labels = torch.zeros(8, dtype=torch.long, device=precision.device)
     with precision.autocast():
         output = model(x)
-        loss = output.float().square().mean()
-    precision.backward(loss)
     if poison:
-        next(model.parameters()).grad.view(-1)[0] = float("inf")
-    precision.unscale_(optimizer)
-    stepped = precision.step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
-    return output, stepped
+        poison_next_backward(model)
+    outcome = loop_train_step(model, x, labels, optimizer, precision, NoClipping())
+    assert outcome.scaler_overflow == (poison and precision.scales_loss)
+    return output, outcome.stepped
 
 
 @pytest.mark.parametrize("name", sorted(PRECISIONS))
@@ -85,11 +101,16 @@ def test_fp16_skips_steps_with_overflowed_gradients() -> None:
 
 
 @pytest.mark.parametrize("name", ["fp32", "bf16"])
-def test_unscaled_precisions_never_skip(name: str) -> None:
+def test_step_refuses_a_nonfinite_update_without_a_scaler(name: str) -> None:
     precision = build_precision(name, CPU)
     model = nn.Linear(4, 2)
-    _, stepped = train_step(precision, model, torch.optim.SGD(model.parameters(), lr=0.1), True)
-    assert stepped and precision.skipped_steps == 0 and precision.loss_scale == 1.0
+    weights = model.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, stepped = train_step(precision, model, optimizer, poison=True)
+    assert not stepped and torch.equal(model.weight, weights)  # refused before the update
+    assert precision.skipped_steps == 0 and precision.loss_scale == 1.0  # not a scaler skip
+    _, stepped = train_step(precision, model, optimizer)
+    assert stepped and not torch.equal(model.weight, weights)
 
 
 @pytest.mark.parametrize("name", sorted(PRECISIONS))

@@ -21,6 +21,7 @@ from policies import (
     build_clip_policy,
     build_precision,
 )
+from train_loops.loop import train_step
 
 CLIP_CONFIGS = {
     "none": {"method": "none"},
@@ -72,7 +73,8 @@ def train(
     lr: float = 1e-2,
     steps: int = 40,
 ) -> tuple[list[float], StabilityReport]:
-    """The training loop's step, top to bottom; stops early once the detector sees divergence."""
+    """The training loop's own step (``train_loops.loop.train_step``), fed to the detector as
+    the loop feeds it; stops early once the detector sees divergence."""
     torch.manual_seed(0)
     model = SmallClassifier()
     clip = build_clip_policy(clip_config, model)
@@ -86,20 +88,16 @@ def train(
     losses = []
     for step in range(steps):
         batch = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
-        with precision.autocast():
-            loss = nn.functional.cross_entropy(model(x[batch]).float(), y[batch])
-        precision.backward(loss)
-        precision.unscale_(opt)
-        report = clip(model.parameters())
-        stepped = precision.step(opt)
-        opt.zero_grad(set_to_none=True)
+        outcome = train_step(model, x[batch], y[batch], opt, precision, clip)
         detector.update(
-            loss=loss.item(),
-            grad_norm=report.grad_norm.item(),
-            clipped=bool(report.clipped),
-            skipped=not stepped,
+            loss=outcome.loss.item(),
+            grad_norm=outcome.grad_norm.item(),
+            clipped=bool(outcome.clipped),
+            skipped=not outcome.stepped,
+            scaler_overflow=outcome.scaler_overflow,
+            loss_scale=precision.loss_scale,
         )
-        losses.append(loss.item())
+        losses.append(outcome.loss.item())
         if detector.diverged:
             break
     return losses, detector.report()
