@@ -21,8 +21,9 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from policies.rollback import AccuracyDropRule, DriftRule, RollbackPolicy
 from serving.monitoring.canary import CanaryController, CanaryError, canary_fraction
 from serving.monitoring.config import FeatureRangeSlice, FeatureValueSlice, MonitoringConfig
+from serving.monitoring.labels import LABEL_GRACE_S
 from serving.monitoring.metrics import expected_calibration_error
-from serving.monitoring.monitor import LabelItem, Monitor, VersionReference
+from serving.monitoring.monitor import LabelItem, Monitor, Observation, VersionReference
 from serving.monitoring.prom import INSTRUMENTS
 from serving.monitoring.service import MonitoringService
 from serving.registry import Registry, build_reference_profile
@@ -203,8 +204,23 @@ def test_shuffled_late_labels_give_scikit_learn_metrics_per_version_and_slice(re
     second = monitor.add_labels(
         [*items[150:], items[0], LabelItem("never-seen", 1), LabelItem("r1", 7, 1)]
     )
-    assert first == {"joined": 150, "duplicate": 0, "late": 0, "unknown": 0, "invalid": 0}
-    assert second == {"joined": 150, "duplicate": 2, "late": 0, "unknown": 1, "invalid": 0}
+    assert first == {
+        "joined": 150,
+        "pending": 0,
+        "duplicate": 0,
+        "late": 0,
+        "unknown": 0,
+        "invalid": 0,
+    }
+    # A label for an id never seen may have overtaken its prediction: it is held.
+    assert second == {
+        "joined": 150,
+        "pending": 1,
+        "duplicate": 2,
+        "late": 0,
+        "unknown": 0,
+        "invalid": 0,
+    }
 
     summary = monitor.summary()
     json.dumps(summary, allow_nan=False)  # plain JSON, no NaN
@@ -234,6 +250,25 @@ def test_shuffled_late_labels_give_scikit_learn_metrics_per_version_and_slice(re
     assert monitor.add_labels([LabelItem("r5", 0)])["late"] == 1
 
 
+def test_a_label_that_overtakes_its_prediction_is_held_and_joined(registry):
+    clock = FakeClock()
+    monitor = Monitor(MonitoringConfig(), VersionReference.loader(registry), clock=clock)
+    features = sample_rows(2, seed=5)
+    probabilities = softmax(features @ GOOD_WEIGHTS)
+    early = monitor.add_labels([LabelItem("early", 1), LabelItem("early", 0, row=1)])
+    assert early["pending"] == 2 and early["joined"] == 0
+    assert monitor.summary()["labels"]["held_labels"] == 2
+    monitor.ingest([Observation("early", 1, features, probabilities, 0.01)])
+    summary = monitor.summary()
+    assert summary["labels"]["joined"] == 2 and summary["labels"]["held_labels"] == 0
+    assert summary["versions"]["1"]["online"]["labeled"] == 2
+    # One that never finds its prediction is counted as expired after the grace period.
+    monitor.add_labels([LabelItem("never", 1)])
+    clock.now += LABEL_GRACE_S + 1
+    labels = monitor.summary()["labels"]
+    assert labels["held_labels"] == 0 and labels["expired_held_labels"] == 1
+
+
 def test_everything_kept_is_bounded_and_holds_no_features(registry):
     config = MonitoringConfig(
         window_size=50,
@@ -252,8 +287,9 @@ def test_everything_kept_is_bounded_and_holds_no_features(registry):
     labels = true_labels(features)
     outcomes = monitor.add_labels([LabelItem(f"id{i}", int(labels[i])) for i in range(1000)])
     # The newest 120 join; the 120 that left before them are remembered as late; older ids
-    # are forgotten altogether (the memory of departed ids is bounded too).
-    assert outcomes["joined"] == 120 and outcomes["late"] == 120 and outcomes["unknown"] == 760
+    # are forgotten altogether (the memory of departed ids is bounded too): their labels wait
+    # for a prediction that may still come.
+    assert outcomes["joined"] == 120 and outcomes["late"] == 120 and outcomes["pending"] == 760
     summary = monitor.summary()
     version = summary["versions"]["1"]
     assert summary["labels"]["pending_predictions"] == 120
@@ -297,7 +333,8 @@ def test_observing_is_thread_safe_and_drops_beyond_the_queue_bound(registry):
     summary = monitor.summary()
     assert summary["versions"]["1"]["requests"] == 2000
     labels = summary["labels"]
-    assert labels["joined"] + labels["unknown"] == 40  # a label may beat its observation
+    # A label may beat its observation: it is held, and joined when the observation lands.
+    assert labels["joined"] == 40 and labels["held_labels"] == 0
 
     tiny = Monitor(
         MonitoringConfig(
@@ -321,9 +358,10 @@ def test_a_version_without_a_registry_entry_is_skipped(registry):
     assert monitor.summary()["versions"] == {}
     assert monitor.add_labels([LabelItem("x", 0)]) == {
         "joined": 0,
+        "pending": 1,
         "duplicate": 0,
         "late": 0,
-        "unknown": 1,
+        "unknown": 0,
         "invalid": 0,
     }
 
@@ -482,7 +520,7 @@ def test_service_summary_has_roles_canary_and_gauges(registry):
     assert accuracy == pytest.approx(summary["versions"]["1"]["online"]["accuracy"])
     assert recorder.gauge("trimtab_feature_psi", version="1", feature="f0") is not None
     service.add_labels([LabelItem("nope", 0)])
-    assert recorder.counter("trimtab_labels_total", outcome="unknown") == 1
+    assert recorder.counter("trimtab_labels_total", outcome="pending") == 1
     service.close()
 
 

@@ -12,8 +12,12 @@ A label finds one of four fates, each counted, none an error:
 - ``duplicate``: the prediction already has its label (the first label wins);
 - ``late``: the prediction was known but has left the store (older than the retention, or
   pushed out by newer predictions);
-- ``unknown``: no prediction with that id was ever seen (as far as the store remembers: ids
-  that left are remembered for as many more predictions as the store holds).
+- ``pending``: no prediction with that id has arrived yet. Replicas ship their predictions
+  to the monitor in batches, so a label can overtake its own prediction: it is held for
+  ``grace_s`` seconds (at most ``max_held`` labels) and joined when the prediction arrives
+  (:meth:`PredictionStore.add` hands it back); one still unmatched then is counted as
+  ``expired`` (:attr:`PredictionStore.expired_held`);
+- ``unknown``: reported only for labels that cannot be held (the hold is full).
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
-LabelOutcome = Literal["joined", "duplicate", "late", "unknown"]
-LABEL_OUTCOMES: tuple[LabelOutcome, ...] = ("joined", "duplicate", "late", "unknown")
+_Label = TypeVar("_Label")
+
+LabelOutcome = Literal["joined", "pending", "duplicate", "late", "unknown"]
+LABEL_OUTCOMES: tuple[LabelOutcome, ...] = ("joined", "pending", "duplicate", "late", "unknown")
+LABEL_GRACE_S = 30.0
+"""How long a label waits for its prediction to reach the monitor."""
+MAX_HELD_LABELS = 100_000
 
 PredictionKey = tuple[str, int]
 """``(request_id, row)``: a request may carry several rows."""
@@ -43,13 +52,16 @@ class PendingPrediction:
     labeled: bool = False
 
 
-class PredictionStore:
-    """Bounded predictions awaiting labels (not thread-safe: the monitor locks around it).
+class PredictionStore(Generic[_Label]):
+    """Bounded predictions awaiting labels, and labels awaiting their predictions (not
+    thread-safe: the monitor locks around it).
 
     Args:
         retention_s: how long a prediction waits for its label.
         max_predictions: most rows kept; the oldest leave first.
         clock: seconds, monotonic (``time.monotonic``); tests pass their own.
+        grace_s: how long a label waits for its prediction.
+        max_held: most labels held at once.
     """
 
     def __init__(
@@ -57,10 +69,18 @@ class PredictionStore:
         retention_s: float,
         max_predictions: int,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        grace_s: float = LABEL_GRACE_S,
+        max_held: int = MAX_HELD_LABELS,
     ) -> None:
         self.retention_s = retention_s
         self.max_predictions = max_predictions
+        self.grace_s = grace_s
+        self.max_held = max_held
         self._clock = clock
+        self._held: OrderedDict[PredictionKey, tuple[float, list[_Label]]] = OrderedDict()
+        self.expired_held = 0
+        """Held labels whose prediction never arrived within ``grace_s``."""
         self._pending: OrderedDict[PredictionKey, PendingPrediction] = OrderedDict()
         self._departed: deque[PredictionKey] = deque()
         self._departed_set: set[PredictionKey] = set()
@@ -82,8 +102,9 @@ class PredictionStore:
         predicted: int,
         confidence: float,
         slice_keys: tuple[str, ...] = (),
-    ) -> None:
-        """Keep one prediction row until its label arrives or it expires."""
+    ) -> list[_Label]:
+        """Keep one prediction row until its label arrives or it expires; returns the labels
+        held for it (claim it with them now)."""
         key = (request_id, row)
         if key in self._pending:
             self.replaced += 1
@@ -92,6 +113,36 @@ class PredictionStore:
             version, predicted, confidence, slice_keys, observed_at=self._clock()
         )
         self.expire()
+        held = self._held.pop(key, None)
+        return held[1] if held is not None else []
+
+    def hold(self, request_id: str, row: int, label: _Label) -> bool:
+        """Keep a label whose prediction has not arrived; ``False`` when the hold is full."""
+        self._expire_held()
+        key = (request_id, row)
+        entry = self._held.get(key)
+        if entry is not None:
+            entry[1].append(label)
+            return True
+        if len(self._held) >= self.max_held:
+            return False
+        self._held[key] = (self._clock(), [label])
+        return True
+
+    @property
+    def held(self) -> int:
+        """Labels waiting for their predictions now."""
+        self._expire_held()
+        return sum(len(labels) for _, labels in self._held.values())
+
+    def _expire_held(self) -> None:
+        oldest_kept = self._clock() - self.grace_s
+        while self._held:
+            held_at, labels = next(iter(self._held.values()))
+            if held_at >= oldest_kept:
+                break
+            self._held.popitem(last=False)
+            self.expired_held += len(labels)
 
     def claim(self, request_id: str, row: int = 0) -> tuple[LabelOutcome, PendingPrediction | None]:
         """Find the prediction a label is for; mark it labeled when it joins."""

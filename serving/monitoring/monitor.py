@@ -305,7 +305,7 @@ class Monitor:
         for observation, request_features, _ in valid:
             state.latencies.append(float(observation.latency_s))
             for row in range(len(request_features)):
-                self._store.add(
+                held_labels = self._store.add(
                     observation.request_id,
                     row,
                     version=version,
@@ -313,12 +313,15 @@ class Monitor:
                     confidence=float(confidences[position]),
                     slice_keys=slice_keys[position],
                 )
+                for item in held_labels:  # labels that overtook their prediction
+                    self._label_counts[self._add_label(item)] += 1
                 position += 1
 
     def add_labels(self, items: Sequence[LabelItem]) -> dict[str, int]:
         """Join delayed labels to their predictions; returns how many met each fate
-        (``joined``, ``duplicate``, ``late``, ``unknown``, and ``invalid`` for a class the
-        version does not have). Never raises for an id it cannot place."""
+        (``joined``, ``pending``: held until its prediction arrives, ``duplicate``, ``late``,
+        ``unknown``, and ``invalid`` for a class the version does not have). Never raises
+        for an id it cannot place."""
         outcomes = dict.fromkeys((*LABEL_OUTCOMES, "invalid"), 0)
         with self._lock:
             for item in items:
@@ -329,6 +332,8 @@ class Monitor:
 
     def _add_label(self, item: LabelItem) -> str:
         outcome, prediction = self._store.claim(item.request_id, item.row)
+        if outcome == "unknown" and self._store.hold(item.request_id, item.row, item):
+            return "pending"  # joined when the prediction arrives (labels.LABEL_GRACE_S)
         if prediction is None:
             return outcome
         state = self._versions.get(prediction.version)
@@ -412,6 +417,8 @@ class Monitor:
                     **self._label_counts,
                     "pending_predictions": len(self._store),
                     "replaced_predictions": self._store.replaced,
+                    "held_labels": self._store.held,
+                    "expired_held_labels": self._store.expired_held,
                 },
                 "dropped_observations": self.dropped,
                 "versions": {
