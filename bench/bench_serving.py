@@ -109,7 +109,7 @@ def build_registry(root: Path) -> Path:
         training_config={"epochs": 10},
         offline_metrics={},
         quantization="none",
-        gate={},
+        gate_override="benchmark model: serving speed only, not gated",
         feature_names=list(digits.feature_names),
         class_names=list(digits.class_names),
         reference_profile=build_reference_profile(
