@@ -7,7 +7,7 @@ one CPU, dynamic batching (``max_batch_size=16``) and the same registry alias:
 - ``hook``: the same with a prediction observer that does nothing: what the observer hook of
   :mod:`serving.http_api` costs by itself, whatever the observer does;
 - ``on``: :func:`serving.monitoring.wiring.build_monitored_application`, the same service with
-  the monitoring observer, the canary router, the status-counting middleware, the monitoring
+  the monitoring observer (which also counts statuses), the canary chooser, the monitoring
   routes and the monitoring actor (drift and label-join statistics, Prometheus metrics).
 
 For each concurrency, closed-loop clients (aiohttp, one row per ``POST /predict``, as in
@@ -56,7 +56,29 @@ from bench_serving import Row, build_registry, closed_loop, free_port, wait_read
 class DoNothingObserver:
     """A prediction observer that ignores everything (not a NoOpObserver, which the app skips)."""
 
-    def observe(self, request_id, version, features, probabilities, latency_s) -> None:
+    def observe(self, record) -> None:
+        return None
+
+
+class ObserverOnly:
+    """A service extension that adds only :class:`DoNothingObserver`: the hook's own cost."""
+
+    def start(self) -> None:
+        return None
+
+    def observer(self) -> DoNothingObserver:
+        return DoNothingObserver()
+
+    def chooser(self, holder):
+        return holder
+
+    def routers(self) -> list:
+        return []
+
+    def admin_routers(self) -> list:
+        return []
+
+    async def alias_moved(self, move) -> None:
         return None
 
 
@@ -134,7 +156,7 @@ def deploy(registry_root: Path) -> dict[str, str]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     applications = {
         "off": build_application(configs["off"]),
-        "hook": build_application(configs["hook"], observer=DoNothingObserver()),
+        "hook": build_application(configs["hook"], extension=ObserverOnly()),
         "on": build_monitored_application(configs["on"], monitoring),
     }
     for setup, application in applications.items():

@@ -9,7 +9,7 @@ as CPU time per request, where noise from other processes barely reaches it:
 - ``hook``: the same with a prediction observer that does nothing;
 - ``on``: the app as Serve's replicas run it with monitoring: a
   :class:`~serving.monitoring.replica.ReplicaMonitor` as observer and replica extension
-  (canary holder, status middleware) and the monitoring routes, its service
+  (canary chooser, status counts) and the monitoring routes, its service
   (:class:`~serving.monitoring.service.MonitoringService`) in this process, flushed every
   ``--flush-every`` requests, so the statistics (PSI/KS binning, label join store, the
   service's own bookkeeping) are paid for inside the timed block.
@@ -53,11 +53,11 @@ from bench_serving import build_registry  # noqa: E402
 def build_apps(registry_root: Path) -> tuple[dict, Callable[[], None]]:
     """The three apps, and the ``flush`` that the replica's background thread would run
     (it hands the observations to the service, which bins them at once)."""
-    from serving.http_api import create_http_app
+    from serving.http_api import create_http_app, extension_options
     from serving.inference import ModelHolder
+    from serving.monitoring.client import LocalServiceClient
     from serving.monitoring.config import MonitoringConfig
-    from serving.monitoring.replica import LocalServiceClient, ReplicaMonitor
-    from serving.monitoring.routes import monitoring_router
+    from serving.monitoring.replica import ReplicaMonitor
     from serving.monitoring.service import MonitoringService
     from serving.registry import Registry
     from serving.serve_config import ServeConfig
@@ -72,11 +72,8 @@ def build_apps(registry_root: Path) -> tuple[dict, Callable[[], None]]:
         made.load()
         return made
 
-    router = monitoring_router(
-        admin_token=None, max_labels_per_request=monitoring.max_labels_per_request
-    )
-    on = create_http_app(replica.wrap_holder(holder()), config, observer=replica, routers=[router])
-    replica.extend_app(on)
+    monitored = holder()
+    on = create_http_app(monitored, config, **extension_options(replica, monitored))
     apps = {
         "off": create_http_app(holder(), config),
         "hook": create_http_app(holder(), config, observer=DoNothingObserver()),

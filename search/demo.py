@@ -60,11 +60,16 @@ def run_demo(
     trials: int = 2,
     workers: int = 2,
 ) -> DemoOutcome:
+    import ray
+
     from search.cli_commands import run_study
+    from serving.ingress import DEFAULT_INGRESS, apply_ingress_environment
     from serving.registry import Registry
     from serving.ship import ship
     from train_loops.checkpoint import load_model_for_export
 
+    if not ray.is_initialized():  # the Ray the study starts serves through trimtab's ingress
+        apply_ingress_environment(DEFAULT_INGRESS, storage)
     started = time.monotonic()
     spec = demo_spec(storage.resolve(), trials, workers)
     click.echo(f"== 1/4 study: {trials} trials, each a {workers}-worker Ray Train run ==")
@@ -194,9 +199,11 @@ def _monitoring_sample(url: str, features: np.ndarray, labels: np.ndarray) -> No
     summary = httpx.get(f"{url}/monitoring/summary", timeout=30)
     labelled.raise_for_status()
     summary.raise_for_status()
+    from serving.cli_monitor import render_summary
+
     click.echo(f"delayed labels: {labelled.json()}")
-    click.echo("monitoring summary (GET /monitoring/summary):")
-    click.echo(json.dumps(summary.json(), indent=1)[:4000])
+    click.echo("monitoring summary (GET /monitoring/summary, as `trimtab monitor` prints it):")
+    click.echo(render_summary(summary.json()))
 
 
 def _shutdown(registry_root: Path, port: int) -> None:

@@ -10,13 +10,16 @@ Two ways in:
 
 - ``serve run serving.app:build_app registry=.trimtab/registry alias=champion``: Serve's typed
   application builder (arguments are :class:`~serving.serve_config.ServeConfig` fields).
-- :func:`run_service` (what ``trimtab serve`` calls): starts Serve's proxy on
-  ``config.host:config.port`` and deploys; :func:`build_application` also takes a
-  :class:`~serving.inference.PredictionObserver`, extra routers and a
-  :class:`ReplicaExtension` (how monitoring adds its canary split and middleware).
+- :func:`run_service` (what ``trimtab serve`` calls): starts Serve's HTTP ingress on
+  ``config.host:config.port`` (HAProxy, the replicas' own servers or Serve's proxy, as the
+  Ray cluster was started: :mod:`serving.ingress`) and deploys; :func:`build_application`
+  also takes a :class:`ServiceExtension` (how monitoring adds its observer, canary chooser
+  and routes).
 
-Overload: a replica works on ``max_ongoing_requests`` at once, Serve queues up to
-``max_queued_requests`` more, and its proxy answers the rest 503 with ``Retry-After``.
+Every replica gets the edge limits of ``config`` in its environment
+(:mod:`serving.http_edge`), which Serve applies in front of the app in the replica's own HTTP
+server. Overload: a replica works on ``max_ongoing_requests`` at once, Serve queues up to
+``max_queued_requests`` more, and answers the rest 503 with ``Retry-After``.
 """
 
 # No ``from __future__ import annotations`` here: Serve reads build_app's parameter
@@ -24,17 +27,23 @@ Overload: a replica works on ``max_ongoing_requests`` at once, Serve queues up t
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from serving.http_api import create_http_app, run_in_thread
-from serving.inference import LoadedModel, ModelHolder, ModelUnavailableError, PredictionObserver
+from serving.http_api import (
+    ServiceExtension,
+    create_http_app,
+    edge_config,
+    extension_options,
+    run_in_thread,
+)
+from serving.inference import LoadedModel, ModelHolder, ModelUnavailableError
+from serving.ingress import EDGE_CALLBACK
 from serving.registry import ModelVersion, Registry, RegistryError
 from serving.serve_config import ServeConfig
 
@@ -43,37 +52,15 @@ logger = logging.getLogger(__name__)
 _SETTINGS_BUILD_APP_IGNORES = ("host", "port", "app_name", "route_prefix")
 
 
-class ReplicaExtension(Protocol):
-    """Extends every replica of :class:`InferenceService`; pickled into each replica.
-
-    ``start`` is called once the replica has loaded its model; ``wrap_holder`` returns what
-    the app reads the model through (an object with :class:`ModelHolder`'s interface: the
-    replica keeps the original for the alias watcher and health checks); ``extend_app``
-    may add middleware or routes to the built app.
-    """
-
-    def start(self) -> None: ...
-
-    def wrap_holder(self, holder: ModelHolder) -> Any: ...
-
-    def extend_app(self, app: FastAPI) -> None: ...
-
-
 @serve.deployment(name="InferenceService")
 @serve.ingress()
 class InferenceService:
     """One replica: a :class:`ModelHolder` and the FastAPI app around it."""
 
     async def __init__(
-        self,
-        config: ServeConfig,
-        observer: PredictionObserver | None = None,
-        routers: Sequence[APIRouter] = (),
-        extension: ReplicaExtension | None = None,
+        self, config: ServeConfig, extension: ServiceExtension | None = None
     ) -> None:
         self._config = config
-        self._observer = observer
-        self._routers = list(routers)
         self._extension = extension
         self._holder = ModelHolder(
             Registry(config.registry),
@@ -94,18 +81,19 @@ class InferenceService:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         batching = self._config.max_batch_size > 1
+        run_model = self._run_batched if batching else run_in_thread
         extension = self._extension
-        app = create_http_app(
-            self._holder if extension is None else extension.wrap_holder(self._holder),
+        if extension is None:
+            return create_http_app(
+                self._holder, self._config, run_model=run_model, echo_request_id=False
+            )
+        return create_http_app(
+            self._holder,
             self._config,
-            run_model=self._run_batched if batching else run_in_thread,
-            observer=self._observer,
-            routers=self._routers,
-            echo_request_id=False,  # Serve's proxy sets x-request-id on every response
+            run_model=run_model,
+            echo_request_id=False,  # Serve sets x-request-id on every response
+            **extension_options(extension, self._holder),
         )
-        if extension is not None:
-            extension.extend_app(app)
-        return app
 
     async def _run_batched(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
         return await self._run_batch((model, features))
@@ -142,18 +130,26 @@ def check_registry(config: ServeConfig) -> ModelVersion:
         raise ModelUnavailableError(str(error)) from error
 
 
+def replica_actor_options(config: ServeConfig) -> dict[str, Any]:
+    """``config.ray_actor_options`` with the edge limits and the edge callback in the
+    replica's environment (Serve applies them in the replica's own HTTP server)."""
+    options = dict(config.ray_actor_options)
+    runtime_env = dict(options.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.update(edge_config(config).environment())
+    env_vars.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", EDGE_CALLBACK)
+    runtime_env["env_vars"] = env_vars
+    options["runtime_env"] = runtime_env
+    return options
+
+
 def build_application(
-    config: ServeConfig,
-    *,
-    observer: PredictionObserver | None = None,
-    routers: Sequence[APIRouter] = (),
-    extension: ReplicaExtension | None = None,
+    config: ServeConfig, *, extension: ServiceExtension | None = None
 ) -> Application:
     """The Serve application for ``config``; deploy it with ``serve.run``.
 
     Raises :class:`~serving.inference.ModelUnavailableError` if the registry or the alias
-    does not exist. ``observer``, ``routers`` and ``extension`` are pickled into every
-    replica (together, so one object may serve as both observer and extension).
+    does not exist. ``extension`` is pickled into every replica.
     """
     check_registry(config)
     replicas: dict[str, Any]
@@ -168,9 +164,9 @@ def build_application(
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
         health_check_period_s=config.health_check_period_s,
         health_check_timeout_s=config.health_check_timeout_s,
-        ray_actor_options=dict(config.ray_actor_options),
+        ray_actor_options=replica_actor_options(config),
     )
-    return deployment.bind(config, observer, list(routers), extension)
+    return deployment.bind(config, extension)
 
 
 def build_app(config: ServeConfig) -> Application:
@@ -189,18 +185,13 @@ def build_app(config: ServeConfig) -> Application:
     return build_application(config)
 
 
-def run_service(
-    config: ServeConfig,
-    *,
-    observer: PredictionObserver | None = None,
-    routers: Sequence[APIRouter] = (),
-    extension: ReplicaExtension | None = None,
-) -> str:
-    """Start Serve's proxy on ``config.host:config.port``, deploy, and return the URL.
+def run_service(config: ServeConfig, *, extension: ServiceExtension | None = None) -> str:
+    """Start Serve's HTTP ingress on ``config.host:config.port``, deploy, and return the URL.
 
-    Needs a running Ray (``ray.init``); does not block. Stop with ``serve.shutdown()``.
+    Needs a running Ray (``ray.init``, with the ingress environment of :mod:`serving.ingress`
+    set before it); does not block. Stop with ``serve.shutdown()``.
     """
-    application = build_application(config, observer=observer, routers=routers, extension=extension)
+    application = build_application(config, extension=extension)
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(
         application,

@@ -33,7 +33,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"label retention: {summary['retention_s']:g} s",
         f"labels: {labels['joined']} joined, {labels['duplicate']} duplicate, "
         f"{labels['late']} late, {labels['unknown']} unknown, {labels['invalid']} invalid; "
-        f"{labels['pending_predictions']} predictions awaiting labels",
+        f"{labels['pending_predictions']} predictions awaiting labels, "
+        f"{labels.get('held_labels', 0)} labels awaiting their predictions",
     ]
     if canary["status"] != "idle":
         reasons = "; ".join(canary["reasons"]) or "-"

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import click
 from pydantic import ValidationError
 
 from search.cli_errors import UserError
+from serving.ingress import DEFAULT_INGRESS, INGRESS_MODES, IngressMode, apply_ingress_environment
 
 
 def _interrupt(signal_number: int, frame: object) -> None:
@@ -68,6 +70,15 @@ def _check_port_free(host: str, port: int) -> None:
     help="Drift, delayed-label metrics, canary and rollback (GET /monitoring/summary).",
 )
 @click.option(
+    "--ingress",
+    type=click.Choice(INGRESS_MODES),
+    default=DEFAULT_INGRESS,
+    show_default=True,
+    help="How requests reach the replicas: HAProxy in front of the replicas' own HTTP "
+    "servers, the replicas' servers alone (direct), or Serve's Python proxy. Applies to the "
+    "local Ray this command starts; a cluster (--address) keeps its own.",
+)
+@click.option(
     "--address",
     default=None,
     help="Ray cluster to join [$RAY_ADDRESS, else a new local Ray].",
@@ -81,6 +92,7 @@ def serve(
     replicas: int,
     max_batch_size: int,
     monitoring: bool,
+    ingress: IngressMode,
     address: str | None,
 ) -> None:
     """Serve a registry alias over HTTP (Open Inference Protocol v2 and /predict) with Ray
@@ -112,7 +124,11 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local")
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        scratch = Path(tempfile.mkdtemp(prefix="trimtab-serve-"))
+        apply_ingress_environment(ingress, scratch)
+    ray.init(address=address)
     # Ctrl-C and SIGTERM both end in the `finally` below, which stops Serve and Ray. SIGINT is
     # set explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -127,6 +143,8 @@ def serve(
             url = run_service(config)
         rows = json.dumps({"instances": [[0.0] * len(version.manifest.input_schema.feature_names)]})
         click.echo(f"serving {alias} (version {version.version}) of {registry} at {url}")
+        if address == "local":
+            click.echo(f"ingress: {ingress}")
         click.echo(
             f"admin routes: {'on' if config.admin_token else 'off (no $TRIMTAB_ADMIN_TOKEN)'}"
         )

@@ -36,39 +36,53 @@ from serving.registry import ModelVersion, Registry, RegistryError, RegistryInte
 logger = logging.getLogger(__name__)
 
 
-class PredictionObserver(Protocol):
-    """Sees every prediction, after its response is sent.
+@dataclass(frozen=True)
+class PredictionRecord:
+    """What a prediction route tells its observer about one request it answered."""
 
-    Called on the app's event loop once per request, after its response is sent, so it
-    must not block: queue the work and do it elsewhere (as
-    :class:`~serving.monitoring.replica.ReplicaMonitor` does). An exception is logged and
-    otherwise ignored. ``features`` is the ``(rows, features)``
-    float32 input, ``probabilities`` the ``(rows, classes)`` softmax of the logits and
-    ``latency_s`` the time from the request reaching the app to its predictions being ready.
+    request_id: str | None
+    """The id labels will name (``None`` when the request failed before it had one)."""
+    version: int | None
+    """The version that answered (``None`` when the request failed before one was chosen)."""
+    status: int
+    """The HTTP status of the answer."""
+    latency_s: float
+    """From the route receiving the request to its predictions being ready."""
+    features: np.ndarray | None = None
+    """The ``(rows, features)`` float32 input; ``None`` unless ``status`` is 200."""
+    probabilities: np.ndarray | None = None
+    """The ``(rows, classes)`` softmax of the logits; ``None`` unless ``status`` is 200."""
+
+
+class PredictionObserver(Protocol):
+    """Told about every prediction request, answered or refused.
+
+    Called on the app's event loop, before the response is sent, so it must not block: queue
+    the work and do it elsewhere (as :class:`~serving.monitoring.replica.ReplicaMonitor` does).
+    An exception is logged and otherwise ignored.
     """
 
-    def observe(
-        self,
-        request_id: str,
-        version: int,
-        features: np.ndarray,
-        probabilities: np.ndarray,
-        latency_s: float,
-    ) -> None: ...
+    def observe(self, record: PredictionRecord) -> None: ...
 
 
 class NoOpObserver:
     """The default :class:`PredictionObserver`: ignores everything."""
 
-    def observe(
-        self,
-        request_id: str,
-        version: int,
-        features: np.ndarray,
-        probabilities: np.ndarray,
-        latency_s: float,
-    ) -> None:
+    def observe(self, record: PredictionRecord) -> None:
         return None
+
+
+class ModelChooser(Protocol):
+    """Picks the model that answers a prediction request.
+
+    ``pinned_version`` is the version a ``/versions/{version}/`` route names (``None``
+    otherwise); a chooser returns that version's model if it serves it, else any model
+    (the route answers 404 when the versions differ). ``None`` when no model is loaded yet.
+    :class:`ModelHolder` is the default; a canary replaces it
+    (:class:`~serving.monitoring.replica.CanaryChooser`).
+    """
+
+    def choose(self, request_id: str, pinned_version: int | None) -> LoadedModel | None: ...
 
 
 class ModelUnavailableError(RuntimeError):
@@ -184,6 +198,10 @@ class ModelHolder:
         """The model new requests use; ``None`` until :meth:`load` succeeds."""
         return self._current
 
+    def choose(self, request_id: str, pinned_version: int | None) -> LoadedModel | None:
+        """The :class:`ModelChooser` of a process without a canary: the current model."""
+        return self._current
+
     def load(self) -> LoadedModel:
         """Load the alias's version (blocking). If its file fails the hash, fall back to the
         previous alias's version, so the last good model keeps serving."""
@@ -269,16 +287,11 @@ class ModelHolder:
         return await self._move_alias(version)
 
     async def _move_alias(self, version: int) -> AliasMove:
-        source = await asyncio.to_thread(self.registry.get, version)
-        await asyncio.to_thread(source.verify)
-        current = await asyncio.to_thread(self._resolve_or_none, self.alias)
-        if current == version:
-            return AliasMove(self.alias, current, version)
-        if current is not None:
-            await asyncio.to_thread(self.registry.set_alias, self.previous_alias, current)
-        await asyncio.to_thread(self.registry.set_alias, self.alias, version)
+        previous = await asyncio.to_thread(
+            self.registry.move_alias, self.alias, version, previous_alias=self.previous_alias
+        )
         await self.refresh()
-        return AliasMove(self.alias, current, version)
+        return AliasMove(self.alias, previous, version)
 
     def _load_version(self, version: int) -> LoadedModel:
         return load_model(

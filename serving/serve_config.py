@@ -60,7 +60,14 @@ class ServeConfig(BaseModel):
     """Feature values beyond +-this are a 422. Far outside anything a model trained on real
     data has seen, and float32 arithmetic on them overflows into NaN/inf outputs."""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    """Request bodies above this are refused with 413 before they are read."""
+    """Request bodies above this are refused with 413: from ``Content-Length`` before a byte
+    is read, or the moment a chunked body crosses it."""
+    max_header_bytes: int = Field(default=8 * 1024, ge=1024)
+    """Header lines (names and values) above this many bytes in total are refused with 431.
+    Behind HAProxy, requests whose headers do not fit its 16 KiB buffer never reach the app:
+    HAProxy answers them 400 itself."""
+    max_headers: int = Field(default=64, ge=8)
+    """More header lines than this are refused with 431."""
     num_replicas: int | None = Field(default=1, ge=1)
     """Fixed replica count; ``None`` when ``autoscaling_config`` is given."""
     autoscaling_config: dict[str, Any] | None = None

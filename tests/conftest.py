@@ -22,11 +22,15 @@ def digits(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for every Ray-backed test (starting Ray costs 5-7 s here)."""
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """One local Ray for every Ray-backed test (starting Ray costs 5-7 s here), started with
+    Serve's default ingress of `trimtab serve` (serving.ingress: HAProxy)."""
     import ray
 
+    from serving.ingress import DEFAULT_INGRESS, apply_ingress_environment
+
     if not ray.is_initialized():
+        apply_ingress_environment(DEFAULT_INGRESS, tmp_path_factory.mktemp("ingress"))
         ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

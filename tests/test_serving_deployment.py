@@ -37,6 +37,7 @@ from test_serving_http_api import (
 )
 
 from serving.inference import softmax
+from serving.ingress import EDGE_CALLBACK
 from serving.registry import Registry
 from serving.serve_config import ServeConfig
 from train_loops.data import PreparedDataset
@@ -115,7 +116,11 @@ def test_replicas_autoscaling_and_limits_reach_the_deployment(trained_registry_f
     deployment = build_application(config)._bound_deployment
     assert deployment.max_ongoing_requests == 40
     assert deployment.max_queued_requests == 7
-    assert deployment.ray_actor_options == {"num_cpus": 0.5}
+    assert deployment.ray_actor_options["num_cpus"] == 0.5
+    # The edge limits travel to each replica's own HTTP server in its environment.
+    env_vars = deployment.ray_actor_options["runtime_env"]["env_vars"]
+    assert env_vars["TRIMTAB_MAX_BODY_BYTES"] == str(config.max_body_bytes)
+    assert env_vars["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == EDGE_CALLBACK
     assert deployment.backpressure_config.retry_after_s == 3
     scaling = deployment._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (
@@ -315,8 +320,11 @@ def test_malformed_battery_over_http_gets_4xx_only(http, service):
             message = response.json()["error"]
         except (ValueError, KeyError, TypeError):
             message = None
+        if case.ingress_may_refuse and response.status_code == 400:
+            continue  # HAProxy's own answer: the headers do not fit its buffer
         if response.status_code != case.expected_status or not message:
             wrong.append((case.label, response.status_code, response.text[:200]))
+        assert response.status_code < 500, (case.label, response.text[:200])
     assert wrong == []
     assert http.get("/v2/health/ready").status_code == 200
     assert http.post("/predict", json=ONE_ROW).status_code == 200
@@ -405,34 +413,104 @@ def test_promote_and_roll_back_under_steady_load_drop_nothing(http, service):
 
 
 @pytest.mark.slow
-def test_a_replica_killed_under_load_is_replaced_within_30_s(service):
+def test_chunked_uploads_are_refused_at_the_limit_without_holding_memory(service):
+    """20 chunked 50 MB uploads: each 413 as soon as it crosses the limit, and the replicas,
+    HAProxy and Serve's proxy together grow by less than 50 MB."""
+    before = serving_rss()
+    sent_per_upload = []
+    for _ in range(20):
+        status, sent = chunked_upload(service.port, total_bytes=50 * 1024 * 1024)
+        assert status == 413
+        sent_per_upload.append(sent)
+    time.sleep(1.0)
+    growth = serving_rss() - before
+    print(
+        f"\nchunked 50 MB uploads: 20 x 413 after at most {max(sent_per_upload) / 2**20:.1f} MB "
+        f"sent; RSS growth {growth / 2**20:+.1f} MB"
+    )
+    assert growth < 50 * 1024 * 1024
+    assert max(sent_per_upload) < 10 * 1024 * 1024
+
+
+def serving_rss() -> int:
+    """Resident memory of every process that touches requests: replicas, HAProxy, proxies."""
+    import psutil
+
+    total = 0
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if any(key in title for key in ("ServeReplica", "haproxy", "ProxyActor", "HAProxyManager")):
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+    return total
+
+
+def chunked_upload(port: int, total_bytes: int) -> tuple[int, int]:
+    """POST ``total_bytes`` of JSON-looking chunks until the server answers; returns the
+    status and how many body bytes were sent."""
+    import select
+
+    chunk = b"[" * 65536
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            while sent < total_bytes:
+                readable, _, _ = select.select([connection], [], [], 0)
+                if readable:
+                    break  # answered: stop sending
+                connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            else:
+                connection.sendall(b"0\r\n\r\n")
+        except OSError:  # the server closed the connection on us: read its answer
+            pass
+        answer = b""
+        while b"\r\n" not in answer:
+            part = connection.recv(4096)
+            if not part:
+                break
+            answer += part
+    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+    return status, sent
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_fails_no_request(service):
+    """Five times: one of two replicas killed under load; HAProxy retries what it had in
+    flight on the other replica, so no request fails."""
     import ray
 
     clients = 4
-    before = replica_names()
-    assert len(before) == 2
-    with SteadyLoad(service.url, clients=clients) as load:
-        wait_until(lambda: len(load.outcomes) > 20, 30, "load to start")
-        victim = sorted(before)[0]
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        killed_at = time.monotonic()
-        replaced_in = wait_until(
-            lambda: len(replica_names() - before) == 1 and running_replicas() == 2,
-            30,
-            "a replacement replica",
+    for run in range(5):
+        wait_until(lambda: running_replicas() == 2, 60, "two running replicas")
+        before = replica_names()
+        assert len(before) == 2
+        with SteadyLoad(service.url, clients=clients) as load:
+            wait_until(lambda: len(load.outcomes) > 20, 30, "load to start")
+            victim = sorted(before)[0]
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            killed_at = time.monotonic()
+            replaced_in = wait_until(
+                lambda before=before: (
+                    len(replica_names() - before) == 1 and running_replicas() == 2
+                ),
+                30,
+                "a replacement replica",
+            )
+            time.sleep(1.0)  # keep the load on the replacement for a moment
+        failed = load.failures()
+        after_kill = [outcome for outcome in load.outcomes if outcome.at >= killed_at]
+        print(
+            f"\nreplica kill {run + 1}: replaced in {replaced_in:.1f} s; {len(failed)} of "
+            f"{len(after_kill)} requests after the kill failed ({clients} clients)"
         )
-        time.sleep(2.0)  # keep the load on the replacement for a moment
-    failed = load.failures()
-    after_kill = [outcome for outcome in load.outcomes if outcome.at >= killed_at]
-    statuses = sorted({str(outcome.status) for outcome in failed})
-    print(
-        f"\nreplica kill: replaced in {replaced_in:.1f} s; {len(failed)} of {len(after_kill)} "
-        f"requests after the kill failed ({clients} clients): {statuses}"
-    )
-    # The documented bound: only requests in flight on the killed replica fail, at most one
-    # per client (and never more than max_ongoing_requests).
-    assert len(failed) <= clients
-    assert all(outcome.status in (None, 500, 502, 503) for outcome in failed)
+        assert failed == [], failed[:3]
 
 
 @pytest.mark.slow

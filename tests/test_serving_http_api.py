@@ -27,7 +27,7 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
 from serving.http_api import create_http_app
-from serving.inference import ModelHolder, ModelUnavailableError, softmax
+from serving.inference import ModelHolder, ModelUnavailableError, PredictionRecord, softmax
 from serving.registry import Registry, build_reference_profile
 from serving.serve_config import ServeConfig
 from train_loops.data import PreparedDataset
@@ -119,8 +119,13 @@ class MalformedCase:
     method: str
     path: str
     expected_status: int
+    """What the app answers. In front of Serve, HAProxy answers requests whose headers do
+    not fit its 16 KiB buffer (``ingress_may_refuse``) with its own plain-text 400."""
     content: bytes | None = None
-    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+    headers: dict[str, str | bytes] | list[tuple[str, str]] = field(
+        default_factory=lambda: {"content-type": "application/json"}
+    )
+    ingress_may_refuse: bool = False
 
 
 def malformed_requests(
@@ -285,6 +290,47 @@ def malformed_requests(
                 headers,
             )
         )
+    for label, value in [("non-utf-8", b"\xff\xfe"), ("latin-1", "caf\xe9".encode("latin-1"))]:
+        cases.append(
+            MalformedCase(
+                f"x-request-id {label}",
+                "POST",
+                "/predict",
+                400,
+                json.dumps({"instances": [row]}).encode(),
+                {"content-type": "application/json", "x-request-id": value},
+            )
+        )
+    # Header limits (431, before the app reads anything).
+    for count in (70, 100):
+        many = [("content-type", "application/json")] + [(f"x-h{i}", "1") for i in range(count)]
+        cases.append(
+            MalformedCase(
+                f"{count} extra headers", "POST", "/predict", 431, b"{}", many, count > 90
+            )
+        )
+    for size, path in ((12_000, "/predict"), (65_536, "/v2"), (1_000_000, "/predict")):
+        cases.append(
+            MalformedCase(
+                f"a {size}-byte header",
+                "POST" if path == "/predict" else "GET",
+                path,
+                431,
+                b"{}" if path == "/predict" else None,
+                {"content-type": "application/json", "x-big": "a" * size},
+                ingress_may_refuse=size > 16_000,
+            )
+        )
+    cases.append(
+        MalformedCase(
+            "content-length not a number",
+            "POST",
+            "/predict",
+            400,
+            b"{}",
+            {"content-type": "application/json", "content-length": "2x"},
+        )
+    )
     infer_json("v2 id with space", {"id": "a b", "inputs": [tensor()]})
     infer_json("v2 id too long", {"id": "x" * 129, "inputs": [tensor()]})
     infer_json("v2 id number", {"id": 7, "inputs": [tensor()]})
@@ -350,7 +396,7 @@ def malformed_requests(
         infer_json(f"unknown model {name}", good, 404, f"/v2/models/{name}/infer")
         cases.append(MalformedCase(f"metadata of {name}", "GET", f"/v2/models/{name}", 404))
         cases.append(MalformedCase(f"ready of {name}", "GET", f"/v2/models/{name}/ready", 404))
-    for version in ["999", "0", "-1", "latest", "1.0"]:
+    for version in ["999", "0", "-1", "latest", "1.0", "01", "%C2%B2", "%E2%91%A0", "1%00"]:
         infer_json(
             f"unknown version {version}",
             good,
@@ -455,13 +501,13 @@ ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 class RecordingObserver:
-    """A PredictionObserver that keeps every call."""
+    """A PredictionObserver that keeps every record."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple] = []
+        self.records: list[PredictionRecord] = []
 
-    def observe(self, request_id, version, features, probabilities, latency_s) -> None:
-        self.calls.append((request_id, version, features, probabilities, latency_s))
+    def observe(self, record: PredictionRecord) -> None:
+        self.records.append(record)
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -891,7 +937,7 @@ def test_check_health_verifies_the_served_file(holder, registry_root):
 # ----------------------------------------------------------------------------- hooks
 
 
-def test_observer_sees_every_prediction_after_the_response(holder, registry_root):
+def test_observer_is_told_the_served_version_and_status(holder, registry_root):
     observer = RecordingObserver()
     app = create_http_app(holder, make_config(registry_root), observer=observer)
     rows = np.full((2, NUM_FEATURES), 3.0, np.float32)
@@ -913,12 +959,23 @@ def test_observer_sees_every_prediction_after_the_response(holder, registry_root
                 ],
             },
         )
+        refused = client.post("/predict", json={"instances": [[0.5]]})
+        unparsed = client.post("/predict", content=b"{", headers={"content-type": "x"})
+        unknown = client.post(f"/v2/models/{MODEL_NAME}/versions/7/infer", json={})
     assert predicted.status_code == inferred.status_code == 200
-    assert [(call[0], call[1]) for call in observer.calls] == [("p1", 1), ("i1", 1)]
-    _, _, features, probabilities, latency_s = observer.calls[0]
-    np.testing.assert_array_equal(features, rows)
-    np.testing.assert_allclose(probabilities, predicted.json()["probabilities"])
-    assert 0 < latency_s < 10
+    assert (refused.status_code, unparsed.status_code, unknown.status_code) == (422, 415, 422)
+    assert [(r.request_id, r.version, r.status) for r in observer.records] == [
+        ("p1", 1, 200),
+        ("i1", 1, 200),
+        (None, 1, 422),  # refused after the model was chosen: counted against it
+        (None, None, 415),
+        (None, None, 422),
+    ]
+    first = observer.records[0]
+    np.testing.assert_array_equal(first.features, rows)
+    np.testing.assert_allclose(first.probabilities, predicted.json()["probabilities"])
+    assert 0 < first.latency_s < 10
+    assert predicted.headers["x-request-id"] == "p1"
 
 
 def test_a_failing_observer_does_not_fail_the_request(holder, registry_root):
@@ -937,7 +994,7 @@ def test_extra_routers_are_mounted_and_reach_the_holder(holder, registry_root):
 
     @router.get("/version")
     async def version(request: Request) -> dict:
-        return {"version": request.app.state.holder.current.version}
+        return {"version": request.app.state.service.holder.current.version}
 
     with TestClient(
         create_http_app(holder, make_config(registry_root), routers=[router])

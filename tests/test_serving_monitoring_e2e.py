@@ -244,9 +244,10 @@ def test_shuffled_late_labels_give_the_offline_metrics(http, digits: PreparedDat
     assert last == {
         "received": 62,
         "joined": 60,
+        "pending": 1,  # "never-made": held in case its prediction is still on its way
         "duplicate": 1,
         "late": 0,
-        "unknown": 1,
+        "unknown": 0,
         "invalid": 0,
     }
 
@@ -274,6 +275,36 @@ def post_rows(http: httpx.Client, rows: np.ndarray, prefix: str, per_request: in
             headers={"x-request-id": f"{prefix}-{start}"},
         )
         assert response.status_code == 200, response.text
+
+
+def test_a_label_posted_right_after_its_prediction_is_joined(http, digits: PreparedDataset):
+    features, labels = digits.load("test")
+    before = summary(http)["labels"]
+    receipts = []
+    for index in range(20):
+        request_id = f"quick-{index}"
+        answer = http.post(
+            "/predict",
+            json={"instances": features[index : index + 1].tolist()},
+            headers={"x-request-id": request_id},
+        )
+        assert answer.status_code == 200
+        receipt = http.post("/labels", json={"id": request_id, "label": int(labels[index])})
+        receipts.append(receipt.json())
+    # Joined at once when the label reaches the replica that answered (it ships its queue
+    # first); held and joined within a flush interval when it reaches the other one.
+    assert all(r["joined"] + r["pending"] == 1 for r in receipts), receipts
+    wait_for(
+        lambda: summary(http)["labels"]["joined"] - before["joined"] == 20,
+        10,
+        "every label to join",
+    )
+    after = summary(http)["labels"]
+    assert after["held_labels"] == 0 and after["unknown"] == before["unknown"]
+    print(
+        f"\nlabels right after their prediction: "
+        f"{sum(r['joined'] for r in receipts)} of 20 joined at once"
+    )
 
 
 def test_held_out_rows_do_not_drift_and_inverted_digits_do(http, service, digits):
@@ -423,6 +454,10 @@ def test_a_bad_canary_is_rolled_back_within_one_window_and_no_request_fails(http
 
     wait_for(rollback_exported, 60, "ray_trimtab_rollbacks_total on the metrics port")
     assert Registry(service.config.registry).resolve("champion") == 1
+    # The service's refusal reaches the client as its message, not Ray's task traceback.
+    for method, path in (("DELETE", "/admin/canary"), ("POST", "/admin/canary/promote")):
+        refused = http.request(method, path, headers=ADMIN)
+        assert (refused.status_code, refused.json()) == (409, {"error": "no canary is running"})
 
 
 def test_cli_prints_the_summary(service):

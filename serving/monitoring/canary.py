@@ -14,8 +14,9 @@ stopped serving), logged with the reasons and counted in ``trimtab_rollbacks_tot
 that holds is promoted by :meth:`CanaryController.promote` (``POST /admin/canary/promote``),
 or automatically after a full window of labeled rows passes when ``auto_promote`` is set.
 
-**Promotion** moves the served alias in the registry exactly as ``POST /admin/promote`` does
-(the old champion is remembered in ``<alias>-previous``); every replica follows the alias.
+**Promotion** moves the served alias with :meth:`serving.registry.Registry.move_alias`, as
+``POST /admin/promote`` does (the old champion is remembered in ``<alias>-previous``); every
+replica follows the alias.
 """
 
 from __future__ import annotations
@@ -166,13 +167,9 @@ class CanaryController:
                 raise CanaryError("no canary is running")
             version = self._state.version
             try:
-                self.registry.get(version).verify()
+                self.registry.move_alias(self.alias, version, previous_alias=self.previous_alias)
             except RegistryError as error:
                 raise CanaryError(f"cannot promote version {version}: {error}") from None
-            current = self.champion()
-            if current is not None and current != version:
-                self.registry.set_alias(self.previous_alias, current)
-            self.registry.set_alias(self.alias, version)
             self._end("promoted", ())
             self.recorder.inc("trimtab_promotions_total", 1, {"version": str(version)})
             logger.warning("canary: version %d promoted to %s", version, self.alias)

@@ -1,114 +1,42 @@
-"""The replica side of monitoring: observe predictions, count statuses, route canary traffic.
+"""The replica side of monitoring: observe predictions, count statuses, split canary traffic.
 
-:class:`ReplicaMonitor` is the :class:`~serving.inference.PredictionObserver` and the
-:class:`~serving.app.ReplicaExtension` every replica runs. ``observe`` and ``record_status``
-only append to a bounded queue; a background thread wakes every ``flush_interval_s``,
-records the per-request Prometheus metrics, ships the observations to the monitoring
-service and gets back the canary's routing, loading the canary's model when it changes.
-So the request path pays for a queue append and, under a canary, one hash of the request id.
+:class:`ReplicaMonitor` is the prediction observer of every replica and what monitoring adds
+to the app (:class:`serving.app.ServiceExtension`). ``observe`` only counts the status and
+appends the prediction to a bounded queue; a background thread wakes every
+``flush_interval_s``, records the per-request Prometheus metrics, ships the observations to
+the monitoring service and gets back the canary's routing, loading the canary's model when it
+changes. So the request path pays for a queue append and, under a canary, one hash of the
+request id. The label routes flush first, so a label posted right after its prediction finds
+it (:meth:`ReplicaMonitor.flush` is serialised).
 
-:class:`CanaryHolder` wraps the replica's :class:`~serving.inference.ModelHolder`: its
-``current`` is the champion, or the canary for the canary's share of prediction requests.
-:class:`MonitoringMiddleware` gives each prediction request the context that choice needs
-(the client's ``x-request-id``, a version named in the path) and counts its response status.
+:class:`CanaryChooser` is the app's :class:`~serving.inference.ModelChooser` under
+monitoring: the champion, or the canary for the canary's share of request ids.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
-import random
-import re
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.http_api import REQUEST_ID_SCOPE_KEY
-from serving.inference import AliasMove, LoadedModel, ModelHolder, load_model
+from serving.inference import AliasMove, LoadedModel, ModelHolder, PredictionRecord, load_model
 from serving.monitoring.canary import canary_fraction
+from serving.monitoring.client import MonitoringClient, Routing
 from serving.monitoring.config import MonitoringConfig
 from serving.monitoring.monitor import Observation
 from serving.monitoring.prom import MetricsRecorder, NullRecorder
 from serving.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import APIRouter
 
 logger = logging.getLogger(__name__)
-
-_PREDICTION_PATH = re.compile(r"^(?:.*/predict|.*/v2/models/[^/]+(?:/versions/([^/]+))?/infer)$")
-
-
-class ServiceClient(Protocol):
-    """Calls a :class:`~serving.monitoring.service.MonitoringService` method by name."""
-
-    def call(self, method: str, *args: Any) -> Any: ...
-
-
-class LocalServiceClient:
-    """The service in this process (tests, the plain-uvicorn benchmark)."""
-
-    def __init__(self, service: Any) -> None:
-        self.service = service
-
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.service, method)(*args)
-
-
-class ActorServiceClient:
-    """The service as a named Ray actor; the handle is looked up in the calling process."""
-
-    def __init__(self, name: str, namespace: str, timeout_s: float = 30.0) -> None:
-        self.name = name
-        self.namespace = namespace
-        self.timeout_s = timeout_s
-        self._handle: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "namespace": self.namespace, "timeout_s": self.timeout_s}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
-
-    def call(self, method: str, *args: Any) -> Any:
-        import ray
-
-        if self._handle is None:
-            self._handle = ray.get_actor(self.name, namespace=self.namespace)
-        try:
-            return ray.get(getattr(self._handle, method).remote(*args), timeout=self.timeout_s)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            self._handle = None  # look it up again next time: it may have been restarted
-            raise
-
-
-@dataclass
-class RequestContext:
-    """What the canary split needs to know about the prediction request being answered."""
-
-    scope: dict[str, Any]
-    """The request's ASGI scope: the app puts the request's id in it before the model is
-    chosen (the body's ``id`` on v2 infer routes)."""
-    pinned_version: int | None
-    served_version: int | None = None
-
-    @property
-    def request_id(self) -> str | None:
-        """The id the labels will name: the app's, else the ``x-request-id`` header."""
-        return self.scope.get(REQUEST_ID_SCOPE_KEY) or Headers(scope=self.scope).get("x-request-id")
-
-
-_REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
-    "trimtab_monitoring_request", default=None
-)
 
 
 @dataclass(frozen=True)
@@ -131,7 +59,7 @@ class ReplicaMonitor:
 
     def __init__(
         self,
-        client: ServiceClient,
+        client: MonitoringClient,
         config: MonitoringConfig,
         registry: Path | str,
         *,
@@ -151,6 +79,7 @@ class ReplicaMonitor:
         self._statuses: Counter[tuple[str, str]] = Counter()
         self._canary: _Canary | None = None
         self._failed_canary: int | None = None
+        self._flush_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,57 +100,70 @@ class ReplicaMonitor:
 
     # ------------------------------------------------------------------ request path
 
-    def observe(
-        self,
-        request_id: str,
-        version: int,
-        features: np.ndarray,
-        probabilities: np.ndarray,
-        latency_s: float,
-    ) -> None:
-        """The observer hook: queue the prediction (called after the response is sent)."""
-        observation = Observation(request_id, version, features, probabilities, latency_s)
-        with self._lock:
-            if len(self._observations) >= self.config.max_queued_observations:
-                self.dropped += 1
-                return
-            self._observations.append(observation)
-        self.start()
-
-    def record_status(self, status: int, version: int | None) -> None:
-        """Count one prediction request's HTTP status (called by the middleware)."""
-        key = ("none" if version is None else str(version), str(status))
+    def observe(self, record: PredictionRecord) -> None:
+        """The observer hook: count the status, queue an answered prediction."""
+        key = ("none" if record.version is None else str(record.version), str(record.status))
+        answered = (
+            record.status == 200
+            and record.request_id is not None
+            and record.version is not None
+            and record.features is not None
+            and record.probabilities is not None
+        )
         with self._lock:
             self._statuses[key] += 1
+            if answered:
+                if len(self._observations) >= self.config.max_queued_observations:
+                    self.dropped += 1
+                else:
+                    self._observations.append(
+                        Observation(
+                            record.request_id,
+                            record.version,
+                            record.features,
+                            record.probabilities,
+                            record.latency_s,
+                        )
+                    )
+        self.start()
 
-    def select(self, context: RequestContext, champion: LoadedModel) -> LoadedModel:
+    def choose(
+        self, champion: LoadedModel | None, request_id: str, pinned_version: int | None
+    ) -> LoadedModel | None:
         """The model that answers this request: the champion or the canary."""
         canary = self._canary
-        if canary is None or canary.version == champion.version:
+        if champion is None or canary is None or canary.version == champion.version:
             return champion
-        if context.pinned_version is not None:
-            return canary.model if context.pinned_version == canary.version else champion
-        if context.request_id is not None:
-            fraction = canary_fraction(context.request_id, canary.version)
-        else:
-            fraction = random.random()
+        if pinned_version is not None:
+            return canary.model if pinned_version == canary.version else champion
+        fraction = canary_fraction(request_id, canary.version)
         return canary.model if fraction < canary.share else champion
 
-    # ------------------------------------------------------------------ replica extension
+    # ------------------------------------------------------------------ service extension
 
-    def wrap_holder(self, holder: ModelHolder) -> CanaryHolder:
-        """The replica's holder with the canary split (:class:`serving.app.ReplicaExtension`)."""
-        return CanaryHolder(holder, self)
+    def observer(self) -> ReplicaMonitor:
+        return self
 
-    def extend_app(self, app: FastAPI) -> None:
-        """Add :class:`MonitoringMiddleware`: the canary split's context and status counts."""
-        app.add_middleware(MonitoringMiddleware, replica=self)
+    def chooser(self, holder: ModelHolder) -> CanaryChooser:
+        """The replica's model chooser: the canary split over ``holder``."""
+        return CanaryChooser(holder, self)
 
-    # ------------------------------------------------------------------ service API
+    def routers(self) -> list[APIRouter]:
+        from serving.monitoring import routes
 
-    def call(self, method: str, *args: Any) -> Any:
-        """Call the monitoring service (blocking: routes run it in a thread)."""
-        return self.client.call(method, *args)
+        return [routes.router]
+
+    def admin_routers(self) -> list[APIRouter]:
+        from serving.monitoring import routes
+
+        return [routes.admin_router]
+
+    async def alias_moved(self, move: AliasMove) -> None:
+        """An admin route moved the served alias: a canary of that version has become the
+        champion (the service ends it)."""
+        import asyncio
+
+        await asyncio.to_thread(self.client.champion_moved, move.version)
 
     # ------------------------------------------------------------------ background
 
@@ -243,7 +185,12 @@ class ReplicaMonitor:
             self._thread.join(timeout=5)
 
     def flush(self) -> None:
-        """Record, ship and refresh the canary routing once, in this thread."""
+        """Record, ship and refresh the canary routing once, in this thread; returns once
+        everything observed before the call has reached the service (or was dropped)."""
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             observations = list(self._observations)
             self._observations.clear()
@@ -252,7 +199,7 @@ class ReplicaMonitor:
             dropped, self.dropped = self.dropped, 0
         self._record(observations, statuses, dropped)
         try:
-            routing = self.client.call("ingest", observations)
+            routing = self.client.ingest(observations)
         except Exception as error:
             self.recorder.inc("trimtab_monitoring_dropped_total", len(observations), {})
             logger.warning(
@@ -297,7 +244,7 @@ class ReplicaMonitor:
                 {"version": version, "class": str(class_index)},
             )
 
-    def _apply_routing(self, routing: dict[str, Any] | None) -> None:
+    def _apply_routing(self, routing: Routing) -> None:
         if routing is None:
             if self._canary is not None:
                 logger.warning("canary version %d ended on this replica", self._canary.version)
@@ -330,75 +277,13 @@ class ReplicaMonitor:
         )
 
 
-class CanaryHolder:
-    """A :class:`~serving.inference.ModelHolder` whose ``current`` splits prediction requests
-    between the champion and the canary. Everything else is the wrapped holder's."""
+class CanaryChooser:
+    """A :class:`~serving.inference.ModelChooser`: the holder's champion, or the canary for
+    the canary's share of request ids (the same id always lands on the same version)."""
 
     def __init__(self, holder: ModelHolder, replica: ReplicaMonitor) -> None:
         self.holder = holder
         self.replica = replica
 
-    @property
-    def current(self) -> LoadedModel | None:
-        champion = self.holder.current
-        context = _REQUEST.get()
-        if champion is None or context is None:
-            return champion
-        model = self.replica.select(context, champion)
-        context.served_version = model.version
-        return model
-
-    @property
-    def registry(self) -> Registry:
-        return self.holder.registry
-
-    async def promote(self, version: int | None = None) -> AliasMove:
-        """The wrapped holder's promote; a promoted canary stops being a canary."""
-        move = await self.holder.promote(version)
-        try:
-            await asyncio.to_thread(self.replica.call, "champion_moved", move.version)
-        except Exception:
-            logger.exception("could not tell the monitoring service about the promotion")
-        return move
-
-    async def rollback(self, version: int | None = None) -> AliasMove:
-        return await self.holder.rollback(version)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.holder, name)
-
-
-class MonitoringMiddleware:
-    """For each prediction request (``POST`` to ``/predict`` or ``.../infer``): give the
-    canary split its context, and count the response status by the version that answered."""
-
-    def __init__(self, app: ASGIApp, *, replica: ReplicaMonitor) -> None:
-        self.app = app
-        self.replica = replica
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = None
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            match = _PREDICTION_PATH.match(scope.get("path", ""))
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        pinned = match.group(1)
-        context = RequestContext(
-            scope=scope,
-            pinned_version=int(pinned) if pinned is not None and pinned.isdigit() else None,
-        )
-        status = 500
-
-        async def send_and_count(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        token = _REQUEST.set(context)
-        try:
-            await self.app(scope, receive, send_and_count)
-        finally:
-            _REQUEST.reset(token)
-            self.replica.record_status(status, context.served_version)
+    def choose(self, request_id: str, pinned_version: int | None) -> LoadedModel | None:
+        return self.replica.choose(self.holder.current, request_id, pinned_version)

@@ -2,14 +2,10 @@
 
 :func:`run_monitored_service` is :func:`serving.app.run_service` with monitoring: it starts
 the monitoring service (one named, detached Ray actor per Serve application, taking no CPU),
-then deploys the inference service with
-
-- a :class:`~serving.monitoring.replica.ReplicaMonitor` as its prediction observer,
-- the monitoring routes (:func:`~serving.monitoring.routes.monitoring_router`),
-- the same :class:`~serving.monitoring.replica.ReplicaMonitor` as its replica extension
-  (:class:`serving.app.ReplicaExtension`), which puts a
-  :class:`~serving.monitoring.replica.CanaryHolder` around the served model and adds the
-  :class:`~serving.monitoring.replica.MonitoringMiddleware` (canary split, status counts).
+then deploys the inference service with a :class:`~serving.monitoring.replica.ReplicaMonitor`
+as its :class:`serving.app.ServiceExtension`: the prediction observer, the canary's model
+chooser (:class:`~serving.monitoring.replica.CanaryChooser`) and the monitoring routes
+(:mod:`serving.monitoring.routes`).
 
 Example::
 
@@ -25,17 +21,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ray import serve
 from ray.serve import Application
 
-from serving.app import build_application, check_registry
+from serving.app import build_application, check_registry, run_service
+from serving.monitoring.client import ActorServiceClient
 from serving.monitoring.config import MonitoringConfig
 from serving.monitoring.prom import RayMetricsRecorder
-from serving.monitoring.replica import (
-    ActorServiceClient,
-    ReplicaMonitor,
-)
-from serving.monitoring.routes import monitoring_router
+from serving.monitoring.replica import ReplicaMonitor
 from serving.monitoring.service import MonitoringService
 from serving.serve_config import ServeConfig
 
@@ -98,39 +90,28 @@ def check_slices(serve_config: ServeConfig, config: MonitoringConfig) -> None:
             )
 
 
-def build_monitored_application(serve_config: ServeConfig, config: MonitoringConfig) -> Application:
-    """The inference application with monitoring; the monitoring service must be running
-    (:func:`start_monitoring_service`)."""
-    check_slices(serve_config, config)
-    replica = ReplicaMonitor(
+def replica_monitor(serve_config: ServeConfig, config: MonitoringConfig) -> ReplicaMonitor:
+    """The extension every replica runs: it reaches the service by its actor name."""
+    return ReplicaMonitor(
         ActorServiceClient(service_actor_name(serve_config), SERVICE_NAMESPACE),
         config,
         serve_config.registry.resolve(),
         intra_op_num_threads=serve_config.intra_op_num_threads,
         recorder=RayMetricsRecorder(),
     )
-    admin_token = serve_config.admin_token
-    routers = [
-        monitoring_router(
-            admin_token=admin_token.get_secret_value() if admin_token is not None else None,
-            max_labels_per_request=config.max_labels_per_request,
-        )
-    ]
-    return build_application(serve_config, observer=replica, routers=routers, extension=replica)
+
+
+def build_monitored_application(serve_config: ServeConfig, config: MonitoringConfig) -> Application:
+    """The inference application with monitoring; the monitoring service must be running
+    (:func:`start_monitoring_service`)."""
+    check_slices(serve_config, config)
+    return build_application(serve_config, extension=replica_monitor(serve_config, config))
 
 
 def run_monitored_service(serve_config: ServeConfig, config: MonitoringConfig) -> str:
-    """Start the monitoring service and Serve's proxy on ``serve_config.host:port``, deploy
-    the monitored inference service, and return its URL. Does not block; stop with
+    """:func:`serving.app.run_service` with monitoring: start the monitoring service, then
+    Serve with the monitored replicas; return the URL. Does not block; stop with
     ``serve.shutdown()`` and :func:`stop_monitoring_service`."""
     check_slices(serve_config, config)  # before anything starts
     start_monitoring_service(serve_config, config)
-    application = build_monitored_application(serve_config, config)
-    serve.start(http_options={"host": serve_config.host, "port": serve_config.port})
-    serve.run(
-        application,
-        name=serve_config.app_name,
-        route_prefix=serve_config.route_prefix,
-        blocking=False,
-    )
-    return serve_config.url
+    return run_service(serve_config, extension=replica_monitor(serve_config, config))
