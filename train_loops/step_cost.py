@@ -4,18 +4,19 @@ not on what else the machine is doing.
 Every setting to compare is built once (model, optimizer, precision, activation
 checkpointing, one fixed batch of real training rows), warmed up, and then timed in
 interleaved rounds: each round times a few steps of every setting, in a rotating order, so a
-burst of load hits all settings alike. The per-step cost of a setting is the median over the
-rounds. On the CPU the clock is the CPU time of the thread running the step (torch is held to
-one intra-op thread, as a one-CPU trial has), which other processes on the machine barely
-move; with more threads it is the process's CPU time; on CUDA it is wall time between
-``torch.cuda.synchronize()`` calls.
+burst of load hits all settings alike. The per-step cost of a setting is its fastest round:
+interference from other work on the machine only ever adds time, so the minimum is the figure
+that reproduces (a median follows sustained load up and down; measured in
+``docs/benchmarks/cost.md``). On the CPU the clock is the CPU time of the thread running the
+step (torch is held to one intra-op thread, as a one-CPU trial has), which other processes on
+the machine barely move; with more threads it is the process's CPU time; on CUDA it is wall
+time between ``torch.cuda.synchronize()`` calls.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StepCostMeasurement:
-    """Median seconds per optimizer step of each setting, and how they were measured."""
+    """Seconds per optimizer step of each setting (fastest round), and how they were measured."""
 
     seconds: list[float]
     """One per config given, in order."""
@@ -56,11 +57,11 @@ def measure_step_seconds(
     *,
     device: torch.device | None = None,
     threads: int = 1,
-    rounds: int = 7,
+    rounds: int = 9,
     steps_per_round: int = 4,
     warmup_steps: int = 3,
 ) -> StepCostMeasurement:
-    """Median seconds of one optimizer step for each of ``configs`` (interleaved rounds).
+    """Seconds of one optimizer step for each of ``configs``: the fastest of interleaved rounds.
 
     Only what changes the cost of a step matters: model, per-worker batch size, optimizer,
     precision and activation checkpointing; clipping runs as no clipping (its cost is a few
@@ -89,7 +90,7 @@ def measure_step_seconds(
     finally:
         torch.set_num_threads(previous_threads)
     return StepCostMeasurement(
-        seconds=[statistics.median(values) for values in samples],
+        seconds=[min(values) for values in samples],
         device=device_description(device, threads),
         clock=clock,
         rounds=rounds,
