@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
 
+from serving.atomic_files import fsync_directory, to_json, write_atomic
 from serving.gate_result import GateResult, checked_gate_record, gate_record_problem
 from serving.model_schema import InputSchema, OutputSchema, schemas_from_onnx
 from serving.reference_profile import build_reference_profile
@@ -246,8 +247,8 @@ class Registry:
         from serving.model_card import render_model_card
 
         os.chmod(staging, 0o755)
-        _write_atomic(staging / MODEL_FILE, model_bytes)
-        _write_atomic(staging / PROFILE_FILE, _to_json(reference_profile))
+        write_atomic(staging / MODEL_FILE, model_bytes)
+        write_atomic(staging / PROFILE_FILE, to_json(reference_profile))
         # The version number is only known for sure once the rename succeeds: another process
         # may publish the same number first, in which case the manifest is rewritten and retried.
         while True:
@@ -256,8 +257,8 @@ class Registry:
                 manifest = Manifest(version=version, **manifest_fields)
             except pydantic.ValidationError as error:
                 raise RegistryError(f"cannot register a version: {error}") from error
-            _write_atomic(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
-            _write_atomic(staging / MODEL_CARD_FILE, render_model_card(manifest).encode())
+            write_atomic(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+            write_atomic(staging / MODEL_CARD_FILE, render_model_card(manifest).encode())
             target = self._version_directory(version)
             try:
                 os.rename(staging, target)
@@ -265,7 +266,7 @@ class Registry:
                 if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     continue
                 raise
-            _fsync_directory(self._versions)
+            fsync_directory(self._versions)
             logger.info("registered version %d (%s)", version, manifest.sha256[:12])
             if "override" in manifest.gate:
                 logger.warning(
@@ -337,7 +338,7 @@ class Registry:
                 f"cannot point alias {alias!r} at version {version}: no such version in "
                 f"{self.root} (versions: {self._describe_versions()})"
             )
-        _write_atomic(path, json.dumps({"version": version}).encode())
+        write_atomic(path, json.dumps({"version": version}).encode())
         logger.info("alias %s -> version %d", alias, version)
 
     def move_alias(self, alias: str, version: int, *, previous_alias: str) -> int | None:
@@ -379,32 +380,3 @@ class Registry:
 
     def _describe_versions(self) -> str:
         return ", ".join(map(str, self.versions())) or "none"
-
-
-def _to_json(value: Any) -> bytes:
-    # allow_nan=False: a NaN or infinity would make the file unreadable to strict JSON parsers.
-    return json.dumps(value, indent=2, allow_nan=False).encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a unique temporary file beside ``path``, fsync it, then ``os.replace``."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

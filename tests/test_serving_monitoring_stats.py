@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 import serving.monitoring.drift
+import serving.monitoring.multiple_testing
 from policies.rollback import DriftRule, RollbackPolicy
 from serving.monitoring.config import DEFAULT_DRIFT_MIN_ROWS, MonitoringConfig
 from serving.monitoring.drift import (
@@ -66,6 +67,7 @@ def reference_ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15)
 
 def test_drift_module_examples_run() -> None:
     assert doctest.testmod(serving.monitoring.drift).failed == 0
+    assert doctest.testmod(serving.monitoring.multiple_testing).failed == 0
 
 
 # ----------------------------------------------------------------------------- PSI properties
