@@ -31,7 +31,6 @@ from policies.rollback import (
     RollbackPolicy,
     RollbackRule,
     WindowStats,
-    build_rollback_policy,
 )
 from policies.selection import (
     Candidate,
@@ -78,7 +77,6 @@ __all__ = [
     "ZClip",
     "build_clip_policy",
     "build_precision",
-    "build_rollback_policy",
     "build_selection_policy",
     "pareto_indices",
 ]

@@ -324,36 +324,3 @@ class RollbackPolicy:
         if unknown:
             return RollbackDecision("wait", unknown, verdicts)
         return RollbackDecision("hold", (), verdicts)
-
-
-_RULE_KINDS: dict[str, type] = {
-    "accuracy_drop": AccuracyDropRule,
-    "calibration": CalibrationRule,
-    "drift": DriftRule,
-    "latency": LatencyRule,
-}
-
-
-def build_rollback_policy(settings: Mapping[str, Any]) -> RollbackPolicy:
-    """A policy from plain settings (a YAML/JSON section): ``window``, ``min_samples`` and
-    ``rules``, each rule a ``kind`` (``accuracy_drop``, ``calibration``, ``drift``,
-    ``latency``) and that rule's arguments. For example ``{"window": 200, "min_samples": 50,
-    "rules": [{"kind": "accuracy_drop", "max_drop_points": 5}, {"kind": "drift"}]}``.
-    """
-    unknown_keys = set(settings) - {"rules", "window", "min_samples"}
-    if unknown_keys:
-        raise ValueError(f"unknown rollback settings {sorted(unknown_keys)}")
-    rules = []
-    for index, rule_settings in enumerate(settings.get("rules", ())):
-        options = dict(rule_settings)
-        kind = options.pop("kind", None)
-        if kind not in _RULE_KINDS:
-            raise ValueError(
-                f"rules[{index}].kind must be one of {sorted(_RULE_KINDS)}, got {kind!r}"
-            )
-        try:
-            rules.append(_RULE_KINDS[kind](**options))
-        except TypeError as error:
-            raise ValueError(f"rules[{index}] ({kind}): {error}") from None
-    extra = {key: settings[key] for key in ("window", "min_samples") if key in settings}
-    return RollbackPolicy(rules=tuple(rules), **extra)

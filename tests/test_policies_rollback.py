@@ -17,7 +17,6 @@ from policies.rollback import (
     RollbackPolicy,
     Verdict,
     WindowStats,
-    build_rollback_policy,
     difference_lower_bound,
     wilson_interval,
 )
@@ -202,32 +201,3 @@ def test_any_object_with_a_basis_and_a_call_is_a_rule() -> None:
     assert decision.reasons == ("never",)
 
 
-def test_policy_from_plain_settings() -> None:
-    policy = build_rollback_policy(
-        {
-            "window": 200,
-            "min_samples": 50,
-            "rules": [
-                {"kind": "accuracy_drop", "max_drop_points": 5, "reference": "offline"},
-                {"kind": "calibration", "max_ece": 0.1},
-                {"kind": "drift"},
-                {"kind": "latency", "p99_slo_s": 0.25},
-            ],
-        }
-    )
-    assert policy == RollbackPolicy(
-        rules=(
-            AccuracyDropRule(5, "offline"),
-            CalibrationRule(0.1),
-            DriftRule(),
-            LatencyRule(0.25),
-        ),
-        window=200,
-        min_samples=50,
-    )
-    with pytest.raises(ValueError, match=r"rules\[0\]\.kind must be one of"):
-        build_rollback_policy({"rules": [{"kind": "vibes"}]})
-    with pytest.raises(ValueError, match=r"rules\[0\] \(drift\): .*unexpected keyword"):
-        build_rollback_policy({"rules": [{"kind": "drift", "psi": 0.2}]})
-    with pytest.raises(ValueError, match="unknown rollback settings \\['windows'\\]"):
-        build_rollback_policy({"windows": 3, "rules": [{"kind": "drift"}]})
