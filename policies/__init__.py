@@ -2,7 +2,8 @@
 
 Gradient clipping (:func:`build_clip_policy`), numeric precision (:func:`build_precision`),
 activation checkpointing (:class:`ActivationCheckpointing`) and the stability detector that
-judges a run (:class:`StabilityDetector`), composed by the training loop; the choice of a
+judges a run (:class:`StabilityDetector`) and what to do about a spike
+(:func:`build_recovery_policy`), composed by the training loop; the choice of a
 winner from the Pareto front (:func:`build_selection_policy`), made by the search; and the
 rules that roll a canary back (:class:`RollbackPolicy`), applied by online monitoring.
 Nothing here imports Ray, reads files or speaks HTTP.
@@ -22,6 +23,16 @@ from policies.clipping import (
     build_clip_policy,
 )
 from policies.precision import PRECISIONS, PrecisionPolicy, build_precision
+from policies.recovery import (
+    RECOVERY_POLICIES,
+    NoRecovery,
+    RecoveryAction,
+    RecoveryConfig,
+    RecoveryPolicy,
+    RewindOnSpike,
+    SkipSpikes,
+    build_recovery_policy,
+)
 from policies.rollback import (
     AccuracyDropRule,
     CalibrationRule,
@@ -47,6 +58,7 @@ from policies.stability import StabilityConfig, StabilityDetector, StabilityRepo
 __all__ = [
     "CLIP_METHODS",
     "PRECISIONS",
+    "RECOVERY_POLICIES",
     "AccuracyDropRule",
     "ActivationCheckpointing",
     "AdaptiveGradientClipping",
@@ -62,14 +74,20 @@ __all__ = [
     "KneePoint",
     "LatencyRule",
     "NoClipping",
+    "NoRecovery",
     "PrecisionPolicy",
     "PreferLowerValidationLoss",
+    "RecoveryAction",
+    "RecoveryConfig",
+    "RecoveryPolicy",
+    "RewindOnSpike",
     "RollbackDecision",
     "RollbackPolicy",
     "RollbackRule",
     "SavedTensorBytes",
     "Selection",
     "SelectionPolicy",
+    "SkipSpikes",
     "StabilityConfig",
     "StabilityDetector",
     "StabilityReport",
@@ -77,6 +95,7 @@ __all__ = [
     "ZClip",
     "build_clip_policy",
     "build_precision",
+    "build_recovery_policy",
     "build_selection_policy",
     "pareto_indices",
 ]

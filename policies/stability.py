@@ -73,6 +73,10 @@ class StabilityConfig:
     """Weight of the rate of non-finite steps and post-calibration scaler backoffs; >= 0."""
     progress_weight: float = 1.0
     """Weight of the progress shortfall ``clip((min - reduction) / min, 0, 1)``; >= 0."""
+    recovered_spike_weight: float = 2.0
+    """Weight of the rate of spikes a recovery policy acted on (summed severities per step;
+    the update was skipped or rewound): less than ``loss_spike_weight``, since the model never
+    absorbed them; >= 0."""
 
     def __post_init__(self) -> None:
         def non_negative(name: str) -> float:
@@ -127,6 +131,7 @@ class StabilityConfig:
             "grad_spike_weight",
             "bad_step_weight",
             "progress_weight",
+            "recovered_spike_weight",
         ):
             checked[name] = non_negative(name)
         for name, value in checked.items():
@@ -164,6 +169,11 @@ class StabilityReport:
     """Steps on which the clipping policy changed the gradients."""
     skipped_steps: int
     """Steps whose update was not applied (scaler overflow or a refused non-finite step)."""
+    recovered_spikes: int
+    """Spikes a recovery policy acted on before the update (the batch skipped, or the run
+    rewound); they are not in ``loss_spikes``/``grad_norm_spikes`` or ``steps``."""
+    recovered_spike_severity: float
+    """Sum of the recovered spikes' severities."""
     scaler_calibration_skips: int
     """fp16 overflows while the loss scaler was calibrating: before its first successful step,
     or right after it raised the scale. Expected, and not scored."""
@@ -243,9 +253,12 @@ class StabilityDetector:
 
         1.0                                               if diverged
         min(0.99, 1 - exp(-E))                            otherwise, where
-        E = (w_loss * S_loss + w_grad * S_grad + w_bad * bad) / steps + w_progress * shortfall
+        E = (w_loss * S_loss + w_grad * S_grad + w_bad * bad + w_recovered * S_recovered) / steps
+            + w_progress * shortfall
 
-    ``S_loss``, ``S_grad`` the summed spike severities, ``bad`` the bad steps, and
+    ``S_loss``, ``S_grad`` the summed spike severities, ``bad`` the bad steps, ``S_recovered``
+    the summed severities of spikes a recovery policy acted on (:meth:`spike_severity` judged
+    them before the update, :meth:`record_recovered_spike` counted them), and
     ``shortfall = clip((min_loss_reduction - loss_reduction) / min_loss_reduction, 0, 1)``.
     A smooth run that learned scores exactly 0.0; one mild spike in 200 steps about 0.05;
     a spike every ten steps about 0.6; a run that learned nothing at least 0.63.
@@ -267,6 +280,8 @@ class StabilityDetector:
         self._nonfinite_steps = 0
         self._clipped_steps = 0
         self._skipped_steps = 0
+        self._recovered_spikes = 0
+        self._recovered_spike_severity = 0.0
         self._scaler_calibration_skips = 0
         self._scaler_backoffs = 0
         self._stepped_once = False
@@ -356,23 +371,42 @@ class StabilityDetector:
         self._grad_norm_max = max(self._grad_norm_max, grad_norm)
         if grad_norm <= 0.0:
             return
-        value = math.log(grad_norm)
+        severity = self._grad_norm_severity(grad_norm)
+        if severity:
+            self._grad_norm_spikes += 1
+            self._grad_norm_spike_severity += severity
+            logger.info(
+                "gradient-norm spike at step %d: %.4g (severity %.2f)",
+                self._steps,
+                grad_norm,
+                severity,
+            )
+        self._log_norm_window.append(math.log(grad_norm))
+
+    def _grad_norm_severity(self, grad_norm: float) -> float:
+        """The spike severity of a finite gradient norm against the baseline (0: no spike)."""
         config = self.config
         window = self._log_norm_window
-        if len(window) >= config.warmup_steps:
-            z, median = robust_z(value, window, _MIN_SPREAD)
-            if z > config.spike_z and value - median >= math.log(config.grad_spike_min_ratio):
-                severity = min(config.max_severity, z / config.spike_z)
-                self._grad_norm_spikes += 1
-                self._grad_norm_spike_severity += severity
-                logger.info(
-                    "gradient-norm spike at step %d: %.4g (median %.4g, severity %.2f)",
-                    self._steps,
-                    grad_norm,
-                    math.exp(median),
-                    severity,
-                )
-        window.append(value)
+        if grad_norm <= 0.0 or len(window) < config.warmup_steps:
+            return 0.0
+        value = math.log(grad_norm)
+        z, median = robust_z(value, window, _MIN_SPREAD)
+        if z > config.spike_z and value - median >= math.log(config.grad_spike_min_ratio):
+            return min(config.max_severity, z / config.spike_z)
+        return 0.0
+
+    def _loss_severity(self, loss: float) -> float:
+        """The spike severity of a finite loss against the baseline (0: no spike)."""
+        config = self.config
+        window = self._loss_window
+        if len(window) < config.warmup_steps:
+            return 0.0
+        scale = abs(self._initial_loss) or 1.0
+        z, median = robust_z(loss, window, _MIN_SPREAD * scale)
+        floor = max(abs(median), 0.1 * abs(self._initial_loss))
+        if z > config.spike_z and loss - median > config.loss_spike_min_rise * floor:
+            return min(config.max_severity, z / config.spike_z)
+        return 0.0
 
     def _observe_loss(self, loss: float) -> None:
         config = self.config
@@ -385,23 +419,12 @@ class StabilityDetector:
         if len(self._first_losses) < config.warmup_steps:
             self._first_losses.append(loss)
 
-        window = self._loss_window
-        if len(window) >= config.warmup_steps:
-            scale = abs(self._initial_loss) or 1.0
-            z, median = robust_z(loss, window, _MIN_SPREAD * scale)
-            floor = max(abs(median), 0.1 * abs(self._initial_loss))
-            if z > config.spike_z and loss - median > config.loss_spike_min_rise * floor:
-                severity = min(config.max_severity, z / config.spike_z)
-                self._loss_spikes += 1
-                self._loss_spike_severity += severity
-                logger.info(
-                    "loss spike at step %d: %.4g (median %.4g, severity %.2f)",
-                    self._steps,
-                    loss,
-                    median,
-                    severity,
-                )
-        window.append(loss)
+        severity = self._loss_severity(loss)
+        if severity:
+            self._loss_spikes += 1
+            self._loss_spike_severity += severity
+            logger.info("loss spike at step %d: %.4g (severity %.2f)", self._steps, loss, severity)
+        self._loss_window.append(loss)
 
         if (
             self._initial_loss > 0
@@ -415,6 +438,33 @@ class StabilityDetector:
                 f"loss EMA {self._loss_ema:.4g} stayed above {config.divergence_factor:g} x "
                 f"the first loss {self._initial_loss:.4g}"
             )
+
+    def spike_severity(self, loss: float, grad_norm: float | None) -> float:
+        """Would this step be a spike? Its severity (0.0: no), without recording anything.
+
+        For a recovery policy to decide *before* the update. A non-finite loss, or a
+        non-finite ``grad_norm``, is a spike of ``max_severity`` (pass ``None`` for the norm
+        when a loss scaler handles overflows itself)."""
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return self.config.max_severity
+        severity = self._loss_severity(loss)
+        if grad_norm is not None:
+            grad_norm = float(grad_norm)
+            if not math.isfinite(grad_norm):
+                return self.config.max_severity
+            severity = max(severity, self._grad_norm_severity(grad_norm))
+        return severity
+
+    def record_recovered_spike(self, severity: float) -> None:
+        """Count a spike a recovery policy kept out of the weights (not a step: its values
+        stay out of the baselines, and it weighs ``recovered_spike_weight`` in the score)."""
+        self._recovered_spikes += 1
+        self._recovered_spike_severity += float(severity)
+
+    def declare_divergence(self, why: str) -> None:
+        """Mark the run diverged (sticky), e.g. when a recovery policy gives up."""
+        self._declare_divergence(why)
 
     def _declare_divergence(self, why: str) -> None:
         if not self._diverged:
@@ -468,6 +518,7 @@ class StabilityDetector:
             config.loss_spike_weight * self._loss_spike_severity
             + config.grad_spike_weight * self._grad_norm_spike_severity
             + config.bad_step_weight * bad_steps
+            + config.recovered_spike_weight * self._recovered_spike_severity
         ) / self._steps + config.progress_weight * self._progress_shortfall()
         return min(MAX_SCORE_WITHOUT_DIVERGENCE, 1.0 - math.exp(-exponent))
 
@@ -484,6 +535,8 @@ class StabilityDetector:
             nonfinite_steps=self._nonfinite_steps,
             clipped_steps=self._clipped_steps,
             skipped_steps=self._skipped_steps,
+            recovered_spikes=self._recovered_spikes,
+            recovered_spike_severity=self._recovered_spike_severity,
             scaler_calibration_skips=self._scaler_calibration_skips,
             scaler_backoffs=self._scaler_backoffs,
             clipped_fraction=self._clipped_steps / self._steps if self._steps else 0.0,

@@ -3,7 +3,8 @@
 :class:`TrainingSettings` is how a run trains; it *is* the study spec's ``training:`` section.
 :class:`TrainConfig` adds what the study supplies per run (the prepared data and the model).
 Clipping is a typed config per rule (:mod:`policies.clipping.configs`), stability settings
-are :class:`~policies.StabilityConfig`; unknown keys are refused everywhere.
+are :class:`~policies.StabilityConfig`, recovery is a :mod:`policies.recovery` policy; unknown
+keys are refused everywhere.
 
 Ray hands the worker a plain dict; :meth:`TrainConfig.from_dict` is the one place that turns
 it into these objects, and :meth:`TrainConfig.to_dict` goes back.
@@ -15,7 +16,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from policies import StabilityConfig
+from policies import NoRecovery, RecoveryConfig, StabilityConfig
 from policies.clipping import ClipConfig, NoClipConfig
 from train_loops.models import ModelSpec
 
@@ -56,6 +57,9 @@ class TrainingSettings(BaseModel):
     """Checkpoint every k-th block of the model (0: off)."""
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
     """How spikes, divergence and stalling are recognised and scored."""
+    recovery: RecoveryConfig = Field(default_factory=NoRecovery)
+    """What a spike triggers: ``{policy: none}``, ``{policy: skip}`` or ``{policy: rewind,
+    every: 50, max_rewinds: 3, lr_factor: 1.0, lr_steps: 0}`` (see :mod:`policies.recovery`)."""
     seed: int = 0
     """Seeds model init, data order and dropout on every worker."""
     report_every_steps: int = Field(50, ge=1)

@@ -35,11 +35,17 @@ from train_loops.checkpoint import rng_state, set_rng_state
 from train_loops.config import TrainConfig
 from train_loops.data import PreparedDataset
 from train_loops.models import build_model, fit_standardization
+from train_loops.spike_recovery import SpikeRecovery, TrainingParts
+from train_loops.telemetry import (  # noqa: F401  (re-exported: the loop's public helpers)
+    NONFINITE_LOSS_PENALTY,
+    CostMeter,
+    finite,
+    peak_memory_mb,
+    tensor_bytes,
+    training_memory_bytes,
+)
 
 logger = logging.getLogger(__name__)
-
-NONFINITE_LOSS_PENALTY = 1.0e6
-"""Reported in place of a non-finite loss, so no report ever carries NaN or inf."""
 
 REPORTED_METRICS = (
     "step",
@@ -61,6 +67,9 @@ REPORTED_METRICS = (
     "peak_memory_mb",
     "steps_planned",
     "resumed_from_step",
+    "rewinds",
+    "skipped_batches",
+    "steps_lost",
 )
 """Keys present in every report (the search's objectives and constraints are among them)."""
 
@@ -90,6 +99,8 @@ class StepOutcome(NamedTuple):
     correct: torch.Tensor
     scaler_overflow: bool = False
     """The loss scaler skipped the update because the scaled gradients overflowed."""
+    refused: bool = False
+    """The ``gate`` refused the update (a spike the recovery policy acts on)."""
 
 
 def train_step(
@@ -99,8 +110,12 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     precision: Any,
     clip: Any,
+    gate: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
 ) -> StepOutcome:
-    """One optimizer step; fp32, bf16 and fp16 share this path (a disabled scaler is a no-op)."""
+    """One optimizer step; fp32, bf16 and fp16 share this path (a disabled scaler is a no-op).
+
+    ``gate(loss, grad_norm)``, when given, is asked after clipping and before the update;
+    ``False`` leaves the weights alone (spike recovery)."""
     with precision.autocast():
         logits = model(features)
     loss = functional.cross_entropy(logits.float(), labels)
@@ -109,14 +124,21 @@ def train_step(
     report = clip([p for p in model.parameters() if p.grad is not None])
     # fp16: the scaler sees inf/NaN itself, skips the step and lowers the scale. fp32/bf16:
     # refuse a non-finite step here, before it poisons the weights.
-    if precision.scales_loss or bool(torch.isfinite(report.grad_norm)):
+    refused = gate is not None and not gate(loss.detach(), report.grad_norm)
+    if refused:
+        stepped = False
+        if precision.scales_loss:
+            precision.scaler.update()  # closes this step's unscale_ without an update
+    elif precision.scales_loss or bool(torch.isfinite(report.grad_norm)):
         stepped = precision.step(optimizer)
     else:
         stepped = False
     optimizer.zero_grad(set_to_none=True)
     correct = (logits.detach().argmax(dim=1) == labels).sum()
-    overflow = precision.scales_loss and not stepped
-    return StepOutcome(loss.detach(), report.grad_norm, report.clipped, stepped, correct, overflow)
+    overflow = precision.scales_loss and not stepped and not refused
+    return StepOutcome(
+        loss.detach(), report.grad_norm, report.clipped, stepped, correct, overflow, refused
+    )
 
 
 def read_step_values(loss: torch.Tensor, outcome: StepOutcome) -> list[float]:
@@ -153,62 +175,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-
-
-def tensor_bytes(tensors: Any) -> int:
-    """Bytes held by the tensors found in ``tensors`` (nested dicts, lists, tuples)."""
-    if isinstance(tensors, torch.Tensor):
-        return tensors.numel() * tensors.element_size()
-    if isinstance(tensors, dict):
-        return sum(tensor_bytes(value) for value in tensors.values())
-    if isinstance(tensors, list | tuple):
-        return sum(tensor_bytes(value) for value in tensors)
-    return 0
-
-
-def training_memory_bytes(
-    model: nn.Module, optimizer: torch.optim.Optimizer, activation_bytes: float
-) -> float:
-    """What a step needs, deterministically: parameters + their gradients + optimizer state +
-    the activations the forward pass saves for backward (measured once per run)."""
-    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
-    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    optimizer_state = tensor_bytes(list(optimizer.state.values()))
-    return float(parameters + gradients + optimizer_state) + activation_bytes
-
-
-def peak_memory_mb(
-    device: torch.device,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    activation_bytes: float,
-) -> float:
-    """CUDA allocator peak since the run started on a GPU; on CPU, where the process's RSS
-    measures torch and Ray rather than the setting, :func:`training_memory_bytes`."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return training_memory_bytes(model, optimizer, activation_bytes) / 2**20
-
-
-def finite(value: float, penalty: float = NONFINITE_LOSS_PENALTY) -> float:
-    return float(value) if math.isfinite(value) else penalty
-
-
-@dataclass
-class CostMeter:
-    """Cost of the steps taken so far: calibrated (``steps x step_cost_seconds``) when the
-    config carries a per-step cost, wall-clock otherwise; wall-clock always as telemetry."""
-
-    config: TrainConfig
-    world_size: int
-
-    def device_seconds(self, steps: int, wall_seconds: float) -> float:
-        if self.config.step_cost_seconds is not None:
-            return steps * self.config.step_cost_seconds * self.world_size
-        return wall_seconds * self.world_size
-
-    def dollars(self, device_seconds: float) -> float:
-        return device_seconds / 3600.0 * self.config.price_per_worker_hour
 
 
 def train(
@@ -253,18 +219,23 @@ def train(
     precision = build_precision(config.precision, device)
     clip = clip_policy if clip_policy is not None else build_clip_policy(config.clipping, model)
     detector = StabilityDetector(config.stability)
+    parts = TrainingParts(bare_model, optimizer, scheduler, precision, clip, detector)
+    recovery = SpikeRecovery(
+        config.recovery,
+        parts,
+        world_size=context.world_size,
+        all_reduce_mean=context.all_reduce_mean,
+    )
+    gate = recovery.allows_update if recovery.judges_steps else None
     cost = CostMeter(config, context.world_size)
 
     step, epoch, batch_in_epoch = 0, 0, 0
     elapsed_before, activation_bytes, resumed_from_step = 0.0, 0.0, 0
     steps_to_target: int | None = None
     if resume is not None:
-        bare_model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        precision.load_state_dict(resume["precision"])
-        clip.load_state_dict(resume["clipping"])
-        detector.load_state_dict(resume["stability"])
+        parts.load_state_dict(resume)
+        if "recovery" in resume:
+            recovery.load_state_dict(resume["recovery"])
         set_rng_state(resume["rng"][min(context.rank, len(resume["rng"]) - 1)])
         step, epoch, batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
         resumed_from_step = step
@@ -275,6 +246,7 @@ def train(
     else:
         # The validation loss before training: the baseline "did it learn?" is measured from.
         detector.observe_validation(evaluate(model, val_x, val_y, precision.autocast)[0])
+    recovery.take_snapshot_if_due(step)
 
     started = time.perf_counter()
     window_loss, window_correct, window_rows = 0.0, 0, 0
@@ -289,7 +261,8 @@ def train(
         if steps_to_target is None and target is not None and val_accuracy >= target:
             steps_to_target = step
         wall = elapsed_before + time.perf_counter() - started
-        device_seconds = cost.device_seconds(step, wall)
+        # Charged for every batch computed, the ones recovery threw away included.
+        device_seconds = cost.device_seconds(step + recovery.skipped_batches, wall)
         # Never reached: charged as the whole planned run (finite; the accuracy floor
         # constraint makes such a run infeasible anyway).
         to_target = steps_to_target if steps_to_target is not None else total_steps
@@ -317,16 +290,13 @@ def train(
             "peak_memory_mb": peak_memory_mb(device, bare_model, optimizer, activation_bytes),
             "steps_planned": float(total_steps),
             "resumed_from_step": float(resumed_from_step),
+            **recovery.metrics(),
         }
 
     def state() -> dict[str, Any]:
         return {
-            "model": bare_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "precision": precision.state_dict(),
-            "clipping": clip.state_dict(),
-            "stability": detector.state_dict(),
+            **parts.state_dict(),
+            "recovery": recovery.state_dict(),
             "rng": [rng_state()],
             "step": step,
             "epoch": epoch,
@@ -337,7 +307,8 @@ def train(
         }
 
     done = step >= total_steps
-    while not done and epoch < config.epochs:
+    # Batches that recovery left out are made up past the last epoch, up to the planned steps.
+    while not done and (epoch < config.epochs or step < total_steps):
         for features, labels in batches.epoch(epoch, skip=batch_in_epoch):
             if activation_bytes == 0.0:
                 # Measured on the bare module: a DDP forward with no backward would leave
@@ -346,25 +317,35 @@ def train(
                     bare_model(features).float().sum()
                 activation_bytes = float(counter.bytes)
                 optimizer.zero_grad(set_to_none=True)
-            outcome = train_step(model, features, labels, optimizer, precision, clip)
-            scheduler.step()
-            step += 1
+            outcome = train_step(model, features, labels, optimizer, precision, clip, gate)
             batch_in_epoch += 1
-            loss, grad_norm, clipped, correct = read_step_values(
-                context.all_reduce_mean(outcome.loss.float()), outcome
-            )
-            detector.update(
-                loss=loss,
-                grad_norm=grad_norm,
-                clipped=clipped > 0,
-                skipped=not outcome.stepped,
-                scaler_overflow=outcome.scaler_overflow,
-                loss_scale=precision.loss_scale if precision.scales_loss else None,
-            )
-            window_loss += loss * len(labels)
-            window_correct += int(correct)
-            window_rows += len(labels)
-            done = step >= total_steps or detector.diverged
+            if outcome.refused:  # a spike: skip the batch, or rewind (step goes back)
+                step = recovery.recover(step)
+                last_checkpoint_step = min(last_checkpoint_step, step)
+                done = detector.diverged
+                if not done:
+                    continue
+            else:
+                scheduler.step()
+                step += 1
+                recovery.after_update(step)
+                # With a gate the loss was all-reduced before the update already.
+                reduced = recovery.reduced_loss if gate is not None else None
+                if reduced is None:
+                    reduced = context.all_reduce_mean(outcome.loss.float())
+                loss, grad_norm, clipped, correct = read_step_values(reduced, outcome)
+                detector.update(
+                    loss=loss,
+                    grad_norm=grad_norm,
+                    clipped=clipped > 0,
+                    skipped=not outcome.stepped,
+                    scaler_overflow=outcome.scaler_overflow,
+                    loss_scale=precision.loss_scale if precision.scales_loss else None,
+                )
+                window_loss += loss * len(labels)
+                window_correct += int(correct)
+                window_rows += len(labels)
+                done = step >= total_steps or detector.diverged
             if step % config.report_every_steps == 0 or done:
                 metrics = build_metrics()
                 due = step - last_checkpoint_step >= config.checkpoint_every_steps or done
