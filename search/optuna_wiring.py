@@ -102,7 +102,21 @@ class ConstrainedOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
+def startup_trials(num_trials: int) -> int:
+    """Random trials a model-based sampler (TPE, GP) sees before it models: a third of the
+    budget, at least 2 and at most 10."""
+    return max(2, min(10, num_trials // 3))
+
+
 def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler ``search.sampler`` names, seeded with ``search.seed``.
+
+    Every one of them reads the constraints :class:`ConstrainedOptunaSearch` records with
+    ``Trial.set_constraint``: TPE and NSGA-II rank infeasible trials behind feasible ones; GP
+    fits one Gaussian process per constraint and multiplies LogEHVI by the probability of
+    feasibility. ``gp`` models the parameters every trial has (clip method, precision,
+    activation checkpointing, learning rate, optimizer, warm-up); a method's own threshold
+    exists only in that method's trials, so GP draws it at random (TPE models it, grouped)."""
     search = spec.search
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
@@ -111,9 +125,16 @@ def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
             seed=search.seed,
             population_size=max(4, min(50, search.num_trials // 2)),
         )
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(
+            seed=search.seed,
+            n_startup_trials=startup_trials(search.num_trials),
+            # The conditional thresholds are sampled independently by design (see above).
+            warn_independent_sampling=False,
+        )
     return optuna.samplers.TPESampler(
         seed=search.seed,
-        n_startup_trials=max(2, min(10, search.num_trials // 3)),
+        n_startup_trials=startup_trials(search.num_trials),
         multivariate=True,
         group=True,  # conditional thresholds: one group per clipping method
     )

@@ -139,7 +139,7 @@ class ProbeSection(_Strict):
 class SearchSection(_Strict):
     num_trials: int = Field(8, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
     seed: int = 0
     space: SearchSpace = Field(default_factory=SearchSpace)
     probe: ProbeSection = Field(default_factory=ProbeSection)

@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from train_loops.synthetic import STRESS, stress_table
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
@@ -40,7 +42,8 @@ class DataSpec:
     """Where the data comes from and how it is split.
 
     Attributes:
-        source: ``"digits"`` (the embedded default) or a Parquet file or directory.
+        source: ``"digits"`` (the embedded default), ``"stress"`` (generated sequences, see
+            ``train_loops.synthetic``) or a Parquet file or directory.
         label_column: name of the integer or string class column.
         feature_columns: feature column names; ``None`` takes every column but the label.
         validation_fraction: share of rows held out for validation (user data without splits).
@@ -126,6 +129,9 @@ def prepare_dataset(spec: DataSpec, root: Path | str) -> PreparedDataset:
     if spec.source == DIGITS:
         table = _digits_table()
         origin = "sklearn digits"
+    elif spec.source == STRESS:
+        table = stress_table(seed=spec.seed)
+        origin = "generated stress sequences (train_loops.synthetic)"
     else:
         table = read_parquet_source(Path(spec.source))
         origin = spec.source

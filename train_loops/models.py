@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-BUILTIN_MODELS = ("mlp", "cnn", "transformer")
+BUILTIN_MODELS = ("mlp", "cnn", "transformer", "rnn")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class ModelSpec:
     """Which model to build.
 
     Attributes:
-        name: ``"mlp"``, ``"cnn"``, ``"transformer"`` or ``"package.module:factory"``.
+        name: ``"mlp"``, ``"cnn"``, ``"transformer"``, ``"rnn"`` or
+            ``"package.module:factory"``.
         options: keyword arguments for the builder (e.g. ``hidden=128, depth=4``).
     """
 
@@ -132,7 +133,11 @@ class SmallCNN(nn.Module):
 
 
 class SmallTransformer(nn.Module):
-    """Rows read as a sequence of ``tokens`` tokens of ``num_features / tokens`` values each."""
+    """Rows read as a sequence of ``tokens`` tokens of ``num_features / tokens`` values each.
+
+    ``norm_first=True`` (pre-LN, the default) normalises each sub-layer's input and trains
+    smoothly; ``False`` is the original post-LN layout, which needs learning-rate warm-up at
+    depth (Xiong et al. 2020) and is what the ``stress`` study searches over."""
 
     def __init__(
         self,
@@ -142,6 +147,7 @@ class SmallTransformer(nn.Module):
         width: int = 64,
         depth: int = 4,
         heads: int = 4,
+        norm_first: bool = True,
     ) -> None:
         super().__init__()
         if num_features % tokens:
@@ -159,7 +165,7 @@ class SmallTransformer(nn.Module):
                 dim_feedforward=2 * width,
                 dropout=0.0,
                 batch_first=True,
-                norm_first=True,
+                norm_first=norm_first,
             )
             for _ in range(depth)
         )
@@ -174,10 +180,62 @@ class SmallTransformer(nn.Module):
         return self.head(self.norm(x).mean(dim=1))
 
 
+class RecurrentBlock(nn.Module):
+    """One Elman RNN layer over the whole sequence, no normalisation and no residual path."""
+
+    def __init__(self, width: int, nonlinearity: str) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(width, width, nonlinearity=nonlinearity, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+class DeepRNN(nn.Module):
+    """Rows read as ``tokens`` tokens; ``depth`` stacked Elman RNN layers without
+    normalisation; the last step's state is classified.
+
+    The textbook case of exploding gradients (Pascanu et al. 2013): backpropagation through
+    ``tokens`` steps and ``depth`` layers multiplies by the recurrent Jacobians, so a learning
+    rate a little too high turns into spikes that only clipping holds. ``recurrent_scale``
+    multiplies PyTorch's default recurrent initialisation (larger: closer to the edge)."""
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        tokens: int = 16,
+        width: int = 32,
+        depth: int = 2,
+        nonlinearity: str = "tanh",
+        recurrent_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if num_features % tokens:
+            raise ValueError(f"rnn: {num_features} features do not split into {tokens} tokens")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"rnn: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.tokens = tokens
+        self.standardize = Standardize(num_features)
+        self.embed = nn.Linear(num_features // tokens, width)
+        self.blocks = nn.ModuleList(RecurrentBlock(width, nonlinearity) for _ in range(depth))
+        with torch.no_grad():
+            for block in self.blocks:
+                block.rnn.weight_hh_l0.mul_(recurrent_scale)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(self.standardize(x).reshape(x.shape[0], self.tokens, -1))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x[:, -1])
+
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn": SmallCNN,
     "transformer": SmallTransformer,
+    "rnn": DeepRNN,
 }
 
 
