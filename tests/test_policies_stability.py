@@ -330,3 +330,24 @@ def test_state_round_trips_exactly(steps, split: int) -> None:
     assert 0.0 <= report.instability_score <= 1.0
     assert (report.instability_score == 1.0) == report.diverged
     assert len(resumed.state_dict()["grad_norms"]) <= 7
+
+
+def test_a_recovered_spike_scores_less_than_the_same_spike_absorbed() -> None:
+    """The same trace twice: once the spike steps are fed (the model took them), once a
+    recovery policy judged them before the update and kept them out."""
+    losses, norms = trace()
+    one_spike(losses, norms)
+    absorbed, recovered = StabilityDetector(), StabilityDetector()
+    for step, (loss, norm) in enumerate(zip(losses, norms, strict=True)):
+        absorbed.update(loss=loss, grad_norm=norm, clipped=False, skipped=False)
+        severity = recovered.spike_severity(loss, norm)
+        if step in (150, 151):
+            assert step == 151 or severity > 0
+        if severity:
+            recovered.record_recovered_spike(severity)
+        else:
+            recovered.update(loss=loss, grad_norm=norm, clipped=False, skipped=False)
+    absorbed_report, recovered_report = absorbed.report(), recovered.report()
+    assert absorbed_report.loss_spikes >= 1 and recovered_report.loss_spikes == 0
+    assert recovered_report.recovered_spikes >= 1
+    assert 0 < recovered_report.instability_score < absorbed_report.instability_score
