@@ -97,3 +97,16 @@ def write_scaled_block_source(
     columns["label"] = digits.target.astype(np.int64)
     pq.write_table(pa.table(columns), path)
     return path
+
+
+@dataclass(frozen=True)
+class RankStates:
+    """``on_checkpoint`` for :func:`train_loops.worker.train_worker`: every rank writes its
+    model weights and counters at each checkpoint to ``directory/rank<r>-step<s>.pt``."""
+
+    directory: str
+
+    def __call__(self, context: Any, state: dict[str, Any]) -> None:
+        kept = {"model": state["model"], "step": state["step"], "recovery": state["recovery"]}
+        kept["recovery"] = {k: v for k, v in kept["recovery"].items() if k != "snapshot"}
+        torch.save(kept, Path(self.directory) / f"rank{context.rank}-step{state['step']}.pt")

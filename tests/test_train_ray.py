@@ -114,3 +114,50 @@ def test_killed_worker_resumes_from_the_latest_registered_checkpoint(ray_session
         f"resumed from {resumed_from:.0f}: {on_disk - resumed_from:.0f} steps redone"
     )
     assert _test_accuracy(result.checkpoint.path) >= 0.9
+
+
+def test_two_workers_rewind_together_on_one_ranks_corrupt_block(ray_session, digits, storage):
+    """Only rank 1's stream carries the corrupt block; the spike verdict is agreed, so both
+    ranks rewind and skip together, and end with bit-identical weights."""
+    import functools
+
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tests.corrupt_data import CorruptBlock, RankStates
+    from train_loops.worker import train_worker
+
+    states = storage / "rank-states"
+    states.mkdir()
+    config = TrainConfig(
+        dataset_dir=str(digits.root),
+        num_workers=2,
+        epochs=4,
+        global_batch_size=64,
+        report_every_steps=19,
+        checkpoint_every_steps=38,
+        recovery={"policy": "rewind", "every": 10},
+    )
+    block = CorruptBlock(fault="labels", epoch=2, first_batch=4, batches=5, ranks=(1,))
+    trainer = TorchTrainer(
+        functools.partial(train_worker, wrap_batches=block, on_checkpoint=RankStates(str(states))),
+        train_loop_config=config.to_dict(),
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="rewind-ddp", storage_path=str(storage)),
+        torch_config=TorchConfig(backend="gloo"),
+    )
+    result = trainer.fit()
+    assert result.error is None
+    final = result.metrics
+    print(
+        f"\n2 workers, corrupt block on rank 1: {final['rewinds']:.0f} rewinds, "
+        f"{final['skipped_batches']:.0f} batches left out, val accuracy {final['val_accuracy']:.3f}"
+    )
+    assert final["rewinds"] >= 1 and final["step"] == final["steps_planned"]
+    assert final["val_accuracy"] >= 0.95
+    last = int(final["step"])
+    rank0 = torch.load(states / f"rank0-step{last}.pt", weights_only=True)
+    rank1 = torch.load(states / f"rank1-step{last}.pt", weights_only=True)
+    assert rank0["recovery"] == rank1["recovery"]
+    for name, tensor in rank0["model"].items():
+        assert torch.equal(rank1["model"][name], tensor), name

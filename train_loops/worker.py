@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
-from train_loops.batches import ArrowShardBatches, RayDataBatches
+from train_loops.batches import ArrowShardBatches, BatchSource, RayDataBatches
 from train_loops.checkpoint import load_checkpoint, save_checkpoint
 from train_loops.config import TrainConfig
 from train_loops.data import PreparedDataset
@@ -78,8 +78,17 @@ def _directory_reporter(
     return hand_on
 
 
-def train_worker(config_dict: dict[str, Any]) -> None:
-    """Per-worker function for ``TorchTrainer(train_loop_per_worker=train_worker, ...)``."""
+def train_worker(
+    config_dict: dict[str, Any],
+    *,
+    wrap_batches: Callable[[BatchSource, WorkerContext], BatchSource] | None = None,
+    on_checkpoint: Callable[[WorkerContext, dict[str, Any]], None] | None = None,
+) -> None:
+    """Per-worker function for ``TorchTrainer(train_loop_per_worker=train_worker, ...)``.
+
+    Fault drills (``functools.partial(train_worker, ...)``): ``wrap_batches`` replaces this
+    worker's batch source (say, to corrupt a block of it), ``on_checkpoint`` sees every rank's
+    full state whenever a checkpoint is due (only rank 0's is saved)."""
     config = TrainConfig.from_dict(config_dict)
     import ray.train
     import ray.train.torch
@@ -109,6 +118,8 @@ def train_worker(config_dict: dict[str, Any]) -> None:
     else:
         batches = arrow_batches(config, context)
         batches_per_epoch = batches.batches_per_epoch
+    if wrap_batches is not None:
+        batches = wrap_batches(batches, context)
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
@@ -119,6 +130,8 @@ def train_worker(config_dict: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         # ray.train.report is a barrier: every rank calls it, only rank 0 attaches the files.
+        if state is not None and on_checkpoint is not None:
+            on_checkpoint(context, state)
         if state is not None and rank == 0:
             with tempfile.TemporaryDirectory(prefix="trimtab-ckpt-") as directory:
                 save_checkpoint(directory, state, config)
