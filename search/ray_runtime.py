@@ -24,4 +24,9 @@ def ensure_ray(*, log_to_driver: bool | None = None) -> None:
     logger.info("ray.init(address=%r)", address)
     if log_to_driver is None:
         log_to_driver = os.environ.get("TRIMTAB_RAY_LOGS", "0") == "1"
+    if address == "local":
+        # Ray 2.60 puts each worker in a process group of its own, so killing the study's
+        # process group would leave its trial workers running. Keep them in ours: a killed
+        # study takes all of its processes with it.
+        os.environ.setdefault("RAY_process_group_cleanup_enabled", "0")
     ray.init(address=address, log_to_driver=log_to_driver)

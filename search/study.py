@@ -7,7 +7,8 @@ Example::
     result.pareto_front, result.winner, result.tune, result.optuna
 
 Layout of ``<storage>/<name>/``: ``data/`` (prepared Parquet splits), ``probe.json``,
-``optuna.journal`` (open it with ``optuna-dashboard``), ``tune/`` (Tune's experiment),
+``optuna.journal`` (open it with ``optuna-dashboard``; the source of truth on resume),
+``tune/attempt-N/`` (Tune's experiment of each start, see :mod:`search.resume`),
 ``train/`` (Ray Train runs of N-worker trials), ``final/`` (the winner's final fit) and
 ``report/`` (trials.parquet, pareto.png, report.html).
 """
@@ -31,7 +32,6 @@ from optuna.storages.journal import JournalFileBackend
 from policies.selection import Candidate, Selection, build_selection_policy, pareto_indices
 from search.cost_calibration import CostCalibration, load_or_calibrate
 from search.optuna_wiring import (
-    ConstrainedOptunaSearch,
     DivergenceStopper,
     build_sampler,
     constraint_names,
@@ -40,9 +40,16 @@ from search.optuna_wiring import (
 )
 from search.probe import ProbeResult, load_or_probe
 from search.ray_runtime import ensure_ray
+from search.resume import (
+    ResumingOptunaSearch,
+    reconcile,
+    run_planned_trial,
+    study_lock,
+    trial_dirname,
+)
 from search.space import ResolvedSpace, describe_params, search_params, trial_config
 from search.spec import StudySpec
-from search.trainable import run_trial, trial_resources
+from search.trainable import trial_resources
 from train_loops.config import TrainConfig
 from train_loops.data import PreparedDataset, prepare_dataset
 
@@ -103,45 +110,43 @@ class Study:
 
     def run(self) -> StudyResult:
         """Run the study to ``num_trials`` completed trials, continuing a killed one."""
-        _dataset, base, probe = self.prepare()
-        ensure_ray()
-        tuner = self._tuner(base, probe)
-        grid = tuner.fit()
-        study = optuna.load_study(study_name=self.spec.name, storage=self._storage())
-        result = self._result(grid, study, probe)
-        if self.spec.final_fit.enabled and result.winner is not None:
-            result.final_checkpoint = self.final_fit(result.winner_config)
-        from search.report import write_report
+        with study_lock(self.directory):
+            _dataset, base, probe = self.prepare()
+            ensure_ray()
+            grid = self._tuner(base, probe).fit()
+            study = optuna.load_study(study_name=self.spec.name, storage=self._storage())
+            result = self._result(grid, study, probe)
+            if self.spec.final_fit.enabled and result.winner is not None:
+                result.final_checkpoint = self.final_fit(result.winner_config)
+            from search.report import write_report
 
-        write_report(result)
+            write_report(result)
         return result
 
     def _storage(self) -> JournalStorage:
         return JournalStorage(JournalFileBackend(str(self.journal_path)))
 
     def _tuner(self, base: TrainConfig, probe: ProbeResult) -> ray.tune.Tuner:
-        trainable = ray.tune.with_resources(
-            run_trial, ray.tune.PlacementGroupFactory(_bundles(trial_resources(base)))
+        """A new Tune attempt planned from the journal (see :mod:`search.resume`)."""
+        objectives = objective_names(self.spec)
+        attempt = reconcile(
+            self._storage(), self.spec.name, self.directory, self.spec.search.num_trials, objectives
         )
-        experiment = self.directory / "tune"
-        if ray.tune.Tuner.can_restore(str(experiment)):
-            logger.info("continuing study %s from %s", self.spec.name, experiment)
-            return ray.tune.Tuner.restore(
-                str(experiment),
-                trainable=trainable,
-                resume_errored=True,
-                param_space=self._param_space(base),
-            )
+        trainable = ray.tune.with_resources(
+            ray.tune.with_parameters(run_planned_trial, plans=str(attempt.plans_dir)),
+            ray.tune.PlacementGroupFactory(_bundles(trial_resources(base))),
+        )
         norm_range, value_range = probe.ranges()
         space = ResolvedSpace(self.spec.search.space, max_norm=norm_range, clip_value=value_range)
-        searcher = ConstrainedOptunaSearch(
+        searcher = ResumingOptunaSearch(
             space=space,
-            metric=objective_names(self.spec),
-            mode=["min"] * len(objective_names(self.spec)),
+            metric=objectives,
+            mode=["min"] * len(objectives),
             sampler=build_sampler(self.spec),
             study_name=self.spec.name,
             storage=self._storage(),
-            spec_json=self.spec.model_dump_json(),
+            spec_json=self.spec.model_dump_json(exclude_unset=True),
+            attempt=attempt,
         )
         stop = DivergenceStopper() if self.spec.search.stop_on_divergence else None
         return ray.tune.Tuner(
@@ -149,12 +154,13 @@ class Study:
             param_space=self._param_space(base),
             tune_config=ray.tune.TuneConfig(
                 search_alg=searcher,
-                num_samples=self.spec.search.num_trials,
+                num_samples=attempt.num_samples,
                 max_concurrent_trials=self._concurrency(base),
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=ray.tune.RunConfig(
-                name="tune",
-                storage_path=str(self.directory),
+                name=attempt.name,
+                storage_path=str(attempt.tune_root),
                 stop=stop,
                 callbacks=self.callbacks,
                 verbose=0,

@@ -22,39 +22,52 @@ TRIAL_CPU = 0.01
 """CPU an N-worker trial's driver holds; its workers get the rest of their share."""
 
 
-def run_trial(config: dict[str, Any]) -> None:
+def run_trial(
+    config: dict[str, Any],
+    *,
+    resume_from: Path | None = None,
+    train_run_name: str | None = None,
+) -> None:
     """Tune entry point. ``config`` = ``{"train": TrainConfig dict, "train_storage": path,
-    "step_costs": {...}}`` plus the flat parameters the searcher suggested."""
+    "step_costs": {...}}`` plus the flat parameters the searcher suggested. A resumed study
+    passes the checkpoint (1 worker) or the Ray Train run (N workers) a trial continues from
+    (see :mod:`search.resume`)."""
     train_config = trial_config(config)
     if train_config.num_workers == 1:
-        _run_in_process(train_config)
+        _run_in_process(train_config, resume_from)
     else:
-        _run_with_ray_train(train_config, Path(config["train_storage"]))
+        _run_with_ray_train(train_config, Path(config["train_storage"]), train_run_name)
 
 
-def _run_in_process(config: TrainConfig) -> None:
+def _run_in_process(config: TrainConfig, resume_from: Path | None) -> None:
     from train_loops.worker import train_in_process
+
+    reported = []
 
     def report(metrics: dict[str, float], directory: Path | None) -> None:
         checkpoint = ray.tune.Checkpoint.from_directory(directory) if directory else None
         ray.tune.report(metrics, checkpoint=checkpoint)
+        reported.append(True)
 
-    resume_from = None
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         resume_from = Path(checkpoint.to_directory())
-        logger.info("trial resumes from %s", checkpoint.path)
-    train_in_process(config, report, resume_from=resume_from)
+    if resume_from is not None:
+        logger.info("trial resumes from %s", resume_from)
+    final = train_in_process(config, report, resume_from=resume_from)
+    if not reported:  # resumed from its final checkpoint: report that run's end once more
+        checkpoint = ray.tune.Checkpoint.from_directory(resume_from) if resume_from else None
+        ray.tune.report(final, checkpoint=checkpoint)
 
 
-def _run_with_ray_train(config: TrainConfig, storage: Path) -> None:
+def _run_with_ray_train(config: TrainConfig, storage: Path, name: str | None) -> None:
     from train_loops.trainer import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = build_trainer(
         config,
         storage_path=storage,
-        name=f"train-{trial_id}",
+        name=name or f"train-{trial_id}",
         worker_cpus=None if config.use_gpu else config.cpus_per_worker - TRIAL_CPU,
     )
     result = trainer.fit()

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import optuna
 import pytest
-import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -99,55 +92,3 @@ def test_unstable_region_diverges_stops_early_and_is_infeasible(ray_session, sto
         assert all(v == v for v in trial.values)  # told finite values, never NaN
     html = (result.directory / "report" / "report.html").read_text()
     assert "3 diverged and stopped early" in html
-
-
-def _completed(directory, name) -> int:
-    try:
-        study = _load_optuna(directory, name)
-    except (KeyError, ValueError, FileNotFoundError):
-        return 0
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-
-
-def test_killed_driver_resumes_without_repeating_trials(storage, tmp_path):
-    config = tmp_path / "resume.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "resume",
-                "storage": str(storage),
-                "training": SHORT_TRAINING,
-                "search": {"num_trials": 5, "max_concurrent_trials": 1, "probe": {"steps": 10}},
-            }
-        )
-    )
-    command = [sys.executable, "-m", "search", "study", "run", str(config)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    directory = storage / "resume"
-    first = subprocess.Popen(
-        command,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while _completed(directory, "resume") < 2 and time.monotonic() < deadline:
-        assert first.poll() is None, "the study ended before it could be killed"
-        time.sleep(0.5)
-    done_at_kill = _completed(directory, "resume")
-    assert 2 <= done_at_kill < 5
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
-    first.wait()
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-2000:]
-    study = _load_optuna(directory, "resume")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 5
-    tune_ids = [t.user_attrs["tune_trial_id"] for t in complete]
-    assert len(set(tune_ids)) == 5  # no trial told twice
-    import pandas as pd
-
-    table = pd.read_parquet(directory / "report" / "trials.parquet")
-    assert len(table) == 5 and table["trial_id"].is_unique
