@@ -14,8 +14,9 @@ What it refuses, always with ``{"error": "..."}`` and ``connection: close`` (the
 refused body is never read):
 
 - 431: more than ``max_headers`` header lines, or more than ``max_header_bytes`` of them;
-- 400: an ``x-request-id`` that is not 1-128 printable ASCII characters; a ``Content-Length``
-  that is not a number;
+- 400: an ``x-request-id`` that is not 1-128 printable ASCII characters; a header value that
+  is not UTF-8 (Serve decodes several headers as UTF-8, and would answer 500); a
+  ``Content-Length`` that is not a number;
 - 413: a ``Content-Length`` over ``max_body_bytes`` (before a byte is read), or a chunked body
   the moment it crosses ``max_body_bytes``.
 
@@ -81,7 +82,7 @@ class EdgeConfig:
 
 def json_error_messages(status: int, message: str) -> list[Message]:
     """The ASGI messages of a ``{"error": message}`` answer that closes the connection."""
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": message}, separators=(",", ":")).encode()
     return [
         {
             "type": "http.response.start",
@@ -106,6 +107,11 @@ def check_headers(headers: list[tuple[bytes, bytes]], config: EdgeConfig) -> tup
     if size > config.max_header_bytes:
         return 431, f"headers are {size} bytes; the limit is {config.max_header_bytes}"
     for name, value in headers:
+        if not value.isascii():
+            try:  # Serve decodes several headers as UTF-8 and fails (500) on other bytes
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return 400, f"header {name.decode('latin-1')!r} is not valid UTF-8"
         if name == b"x-request-id" and not _REQUEST_ID.fullmatch(value):
             return 400, "x-request-id must be 1 to 128 printable ASCII characters without spaces"
         if name == b"content-length":

@@ -315,7 +315,13 @@ def test_malformed_battery_over_http_gets_4xx_only(http, service):
     assert len(cases) >= 200
     wrong = []
     for case in cases:
-        response = send_case(http, case)
+        try:
+            response = send_case(http, case)
+        except httpx.LocalProtocolError:  # httpx will not send it (a bad Content-Length)
+            continue
+        except httpx.HTTPError as error:
+            wrong.append((case.label, None, repr(error)))
+            continue
         try:
             message = response.json()["error"]
         except (ValueError, KeyError, TypeError):
