@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from train_loops.data_quality import report_outliers
 from train_loops.synthetic import STRESS, stress_table
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def prepare_dataset(spec: DataSpec, root: Path | str) -> PreparedDataset:
     root.mkdir(parents=True, exist_ok=True)
     for split, indices in zip(SPLITS, (train_idx, val_idx, test_idx), strict=True):
         pq.write_table(clean.take(pa.array(indices)), root / f"{split}.parquet")
+    report_outliers(root, feature_names)  # quality.json: rows unlike the rest, per split
     prepared = PreparedDataset(root, tuple(feature_names), LABEL_COLUMN, tuple(class_names))
     tmp = root / "dataset.json.tmp"
     tmp.write_text(json.dumps({**prepared.to_json(), "source": origin}, indent=2))

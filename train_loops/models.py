@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from train_loops.data_quality import outlier_rows
+
 BUILTIN_MODELS = ("mlp", "cnn", "transformer", "rnn")
 
 
@@ -256,7 +258,10 @@ def build_model(spec: ModelSpec, num_features: int, num_classes: int) -> nn.Modu
 
 
 def fit_standardization(model: nn.Module, features: np.ndarray) -> None:
-    """Set every :class:`Standardize` layer of ``model`` from the training features."""
+    """Set every :class:`Standardize` layer of ``model`` from the training features, leaving
+    out the rows :func:`~train_loops.data_quality.outlier_rows` flags: a corrupt block must not
+    set the scale every clean row is divided by."""
+    inliers = features[~outlier_rows(features)]
     for module in model.modules():
         if isinstance(module, Standardize):
-            module.fit(features)
+            module.fit(inliers)
