@@ -3,7 +3,8 @@
 Parameter names Optuna sees (and the trial table shows): ``clip_method``, one conditional
 threshold per method (``max_norm``, ``clip_value``, ``agc_clipping``, ``autoclip_percentile``,
 ``zclip_z_threshold``), ``precision``, ``activation_checkpointing``, ``learning_rate``,
-``optimizer``, ``warmup_steps`` and any ``extra`` training setting the spec adds.
+``optimizer``, ``warmup_steps``, ``recovery`` (when the spec searches it) and any ``extra``
+training setting the spec adds.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from policies import build_recovery_policy
 from policies.clipping import CLIP_CONFIGS
+from policies.recovery import recovery_settings
 from search.cost_calibration import charged
 from search.spec import FloatRange, SearchSpace
 from train_loops.config import TrainConfig
@@ -52,6 +55,8 @@ class ResolvedSpace:
             _suggest(trial, "learning_rate", space.learning_rate)
         trial.suggest_categorical("optimizer", list(space.optimizer))
         trial.suggest_categorical("warmup_steps", list(space.warmup_steps))
+        if space.recovery is not None:
+            trial.suggest_categorical("recovery", list(space.recovery))
         for name, choice in space.extra.items():
             if isinstance(choice, FloatRange):
                 _suggest(trial, name, choice)
@@ -83,6 +88,11 @@ def trial_train_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig
         if config.tuned is not None:
             settings[config.tuned] = thresholds[config.search_name]
         changes["clipping"] = config.model_validate(settings)
+    recovery = params.pop("recovery", None)
+    if recovery is not None:  # the base's settings of that policy (say rewind's every), if any
+        same = base.recovery.policy == recovery
+        settings = recovery_settings(base.recovery) if same else {"policy": recovery}
+        changes["recovery"] = build_recovery_policy(settings)
     changes.update(params)
     return base.replace(**changes)
 
@@ -113,4 +123,6 @@ def describe_params(params: dict[str, Any]) -> str:
         parts.append(str(params["optimizer"]))
     if "warmup_steps" in params:
         parts.append(f"warmup={params['warmup_steps']}")
+    if "recovery" in params:
+        parts.append(f"recovery={params['recovery']}")
     return " ".join(parts)

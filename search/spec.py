@@ -115,6 +115,12 @@ class SearchSpace(_Strict):
         default_factory=lambda: ["adamw", "sgd"], min_length=1
     )
     warmup_steps: list[int] = Field(default_factory=lambda: [0, 20], min_length=1)
+    recovery: list[Literal["none", "skip", "rewind"]] | None = Field(
+        None,
+        min_length=1,
+        description="spike recovery policies to try (each with training.recovery's settings "
+        "when it names the same policy, else its defaults); unset: training.recovery for all",
+    )
     extra: dict[str, FloatRange | list[Any]] = Field(
         default_factory=dict,
         description="more training settings to search: a range or a list of choices",

@@ -195,3 +195,47 @@ def test_spike_verdict_reads_without_recording() -> None:
     assert detector.spike_severity(1.0, float("inf")) == detector.config.max_severity
     assert detector.spike_severity(1.0, None) == 0.0  # fp16: the scaler handles overflow
     assert detector.state_dict() == before
+
+
+def test_recovery_is_a_dimension_of_the_study_space() -> None:
+    """``search: {space: {recovery: [none, skip, rewind]}}`` against a real Optuna study; a
+    trial that draws the policy ``training.recovery`` names keeps its settings."""
+    import optuna
+
+    from search.space import ResolvedSpace, describe_params, trial_train_config
+    from search.spec import FloatRange, StudySpec
+
+    spec = StudySpec.from_dict(
+        {
+            "training": {"recovery": {"policy": "rewind", "every": 25, "lr_factor": 0.5}},
+            "search": {"space": {"recovery": ["none", "skip", "rewind"]}},
+        }
+    )
+    assert StudySpec.from_dict({}).search.space.recovery is None  # not searched by default
+    space = ResolvedSpace(
+        spec.search.space, FloatRange(low=0.5, high=4), FloatRange(low=0.01, high=1)
+    )
+    base = spec.train_config("data")
+    assert base.recovery == RewindOnSpike(every=25, lr_factor=0.5)
+    study = optuna.create_study(
+        directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    seen = {}
+    for _ in range(30):
+        trial = study.ask()
+        space(trial)
+        config = trial_train_config(base, trial.params)
+        seen[trial.params["recovery"]] = config.recovery
+        assert f"recovery={trial.params['recovery']}" in describe_params(trial.params)
+        study.tell(trial, [0.0, 1.0])
+    assert seen == {
+        "none": NoRecovery(),
+        "skip": SkipSpikes(),
+        "rewind": RewindOnSpike(every=25, lr_factor=0.5),
+    }
+    from search.spec import SpecError
+
+    with pytest.raises(SpecError, match="recovery"):
+        StudySpec.from_dict({"search": {"space": {"recovery": ["rewnd"]}}})
+    with pytest.raises(SpecError, match="every"):
+        StudySpec.from_dict({"training": {"recovery": {"policy": "rewind", "every": 0}}})
