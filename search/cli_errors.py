@@ -1,7 +1,8 @@
-"""The error every ``trimtab`` command raises for bad input: one line on stderr, exit 2.
+"""The error ``trimtab`` prints for bad input: one line on stderr, exit status 2.
 
-Its own module so that any part's commands can import it without importing the command
-group of :mod:`search.cli`, which imports every part's commands.
+:class:`UserError` is a ``click.UsageError``, so any part's command may raise click's own
+``UsageError`` instead (``serving`` does: it never imports ``search``); the ``trimtab`` group
+(:mod:`search.cli`) shows either as ``trimtab: error: ...``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import NoReturn
 import click
 
 
-class UserError(click.ClickException):
+class UserError(click.UsageError):
     """A mistake in what the user gave us: one line on stderr, exit status 2."""
 
     exit_code = 2

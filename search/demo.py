@@ -62,7 +62,8 @@ def run_demo(
 ) -> DemoOutcome:
     import ray
 
-    from search.cli_commands import run_study
+    from search.console import ProgressPrinter, print_result
+    from search.study import Study
     from serving.ingress import DEFAULT_INGRESS, apply_ingress_environment
     from serving.registry import Registry
     from serving.ship import ship
@@ -73,7 +74,8 @@ def run_demo(
     started = time.monotonic()
     spec = demo_spec(storage.resolve(), trials, workers)
     click.echo(f"== 1/4 study: {trials} trials, each a {workers}-worker Ray Train run ==")
-    result = run_study(spec)
+    result = Study(spec, callbacks=[ProgressPrinter(trials)]).run()
+    print_result(result)
     if result.final_checkpoint is None:
         raise click.ClickException("the demo study found no feasible winner")
 

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
+from search.console import phase
 from search.optuna_wiring import ConstrainedOptunaSearch
 
 logger = logging.getLogger(__name__)
@@ -184,9 +185,10 @@ def reconcile(
                 resumes.append(plan)
     attempt.plans = resumes + replays
     attempt.num_samples = max(num_trials, len(replays) + len(resumes))
-    logger.info(
-        "attempt %d: %d completed trials replayed, %d resumed, %d new",
-        attempt.number,
+    phase(
+        logger,
+        "continuing: %d completed trials kept (not trained again), %d resumed from their "
+        "checkpoints, %d new",
         len(replays),
         len(resumes),
         attempt.num_samples - len(attempt.plans),

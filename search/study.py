@@ -30,6 +30,13 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from policies.selection import Candidate, Selection, build_selection_policy, pareto_indices
+from search.console import (
+    describe_cluster,
+    describe_dataset,
+    describe_final_fit,
+    describe_probe,
+    phase,
+)
 from search.cost_calibration import CostCalibration, load_or_calibrate
 from search.optuna_wiring import (
     DivergenceStopper,
@@ -38,6 +45,7 @@ from search.optuna_wiring import (
     constraint_values,
     objective_names,
 )
+from search.preflight import check_model, nothing_left_if_refused, refusals
 from search.probe import ProbeResult, load_or_probe
 from search.ray_runtime import ensure_ray
 from search.resume import (
@@ -51,7 +59,7 @@ from search.space import ResolvedSpace, describe_params, search_params, trial_co
 from search.spec import StudySpec
 from search.trainable import trial_resources
 from train_loops.config import TrainConfig
-from train_loops.data import PreparedDataset, prepare_dataset
+from train_loops.data import DataChangedError, PreparedDataset, prepare_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +110,30 @@ class Study:
         """Validate and split the data, build the shared config, run (or reload) the probe
         and the per-step cost calibration."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        dataset = prepare_dataset(self.spec.data.to_data_spec(), self.directory / "data")
+        try:
+            dataset = prepare_dataset(self.spec.data.to_data_spec(), self.directory / "data")
+        except DataChangedError as error:
+            raise DataChangedError(
+                f"study {self.spec.name}: {error}; run it under a new name, or delete "
+                f"{self.directory} to start over"
+            ) from None
+        model = self.spec.model
+        check_model(model.name, dict(model.options), dataset.num_features, dataset.num_classes)
+        phase(logger, "data: %s", describe_dataset(dataset))
         base = self.spec.train_config(dataset.root)
+        phase(logger, "gradient probe and per-step cost calibration (kept for reruns) ...")
         probe = load_or_probe(self.directory, base, self.spec)
         self.calibration = load_or_calibrate(self.directory, self.spec, base)
+        phase(logger, "probe: %s", describe_probe(probe))
         return dataset, base, probe
 
     def run(self) -> StudyResult:
         """Run the study to ``num_trials`` completed trials, continuing a killed one."""
-        with study_lock(self.directory):
+        with nothing_left_if_refused(self.directory, refusals()), study_lock(self.directory):
             _dataset, base, probe = self.prepare()
+            phase(logger, "starting Ray ...")
             ensure_ray()
+            phase(logger, "Ray ready: %s", describe_cluster())
             grid = self._tuner(base, probe).fit()
             study = optuna.load_study(study_name=self.spec.name, storage=self._storage())
             result = self._result(grid, study, probe)
@@ -219,7 +240,10 @@ class Study:
             epochs=fit.epochs or config.epochs,
             global_batch_size=_divisible(config.global_batch_size, fit.num_workers),
         )
+        workers, epochs = fit.num_workers, config.epochs
+        phase(logger, "final fit of the winner: %d workers, %d epochs ...", workers, epochs)
         result = build_trainer(config, storage_path=self.directory, name="final").fit()
+        phase(logger, "final fit: %s", describe_final_fit(result.metrics))
         return Path(result.checkpoint.path)
 
 

@@ -13,8 +13,6 @@ from typing import Any
 
 import click
 
-from search.cli_errors import UserError
-
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
@@ -99,12 +97,12 @@ def monitor(url: str, as_json: bool, no_ks: bool, timeout: float) -> None:
     try:
         response = httpx.get(endpoint, params={"ks": str(not no_ks).lower()}, timeout=timeout)
     except httpx.HTTPError as error:
-        raise UserError(f"cannot reach {endpoint}: {error}") from None
+        raise click.UsageError(f"cannot reach {endpoint}: {error}") from None
     if response.status_code != 200:
         try:
             message = response.json()["error"]
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
-        raise UserError(f"{endpoint} answered {response.status_code}: {message}")
+        raise click.UsageError(f"{endpoint} answered {response.status_code}: {message}")
     summary = response.json()
     click.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))

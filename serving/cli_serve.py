@@ -19,7 +19,6 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from search.cli_errors import UserError
 from serving.ingress import DEFAULT_INGRESS, INGRESS_MODES, IngressMode, apply_ingress_environment
 
 
@@ -34,7 +33,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise UserError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+            raise click.UsageError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 @click.command("serve")
@@ -114,11 +113,11 @@ def serve(
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
-        raise UserError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise click.UsageError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
     try:
         version = check_registry(config)
     except ModelUnavailableError as error:
-        raise UserError(str(error)) from None
+        raise click.UsageError(str(error)) from None
     _check_port_free(host, port)
 
     import ray

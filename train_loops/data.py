@@ -1,8 +1,11 @@
 """Datasets as Parquet: the embedded digits default, user files, validation and splits.
 
 A *prepared* dataset is a directory holding ``train.parquet``, ``validation.parquet``,
-``test.parquet`` and ``dataset.json`` (feature names, label column, class names). Training
-workers read the split files (with pyarrow or Ray Data); everything upstream of that is here.
+``test.parquet`` and ``dataset.json`` (feature names, label column, class names, and the
+identity of what it was made from). Training workers read the split files (with pyarrow or Ray
+Data); everything upstream of that is here. Feature columns keep the user's names, whatever
+they are (``label``, spaces, punctuation, non-ASCII); the prepared label column takes a name
+no feature has.
 
 Example::
 
@@ -12,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -36,6 +40,10 @@ LABEL_COLUMN = "label"
 
 class DataValidationError(ValueError):
     """A dataset that cannot be trained on; the message names the file and the column."""
+
+
+class DataChangedError(DataValidationError):
+    """The source (or how it is split) changed since the directory was prepared from it."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +129,17 @@ class PreparedDataset:
 def prepare_dataset(spec: DataSpec, root: Path | str) -> PreparedDataset:
     """Validate ``spec.source`` and write its seeded train/validation/test split under ``root``.
 
-    Idempotent: an existing prepared directory with the same source is reused. Raises
-    :class:`DataValidationError` before any training if the data cannot be used.
+    Idempotent: an existing prepared directory made from the same data (path, size and
+    modification time or content hash of each file, label and feature columns, fractions,
+    seed: see :func:`data_identity`) is reused; one made from other data raises
+    :class:`DataChangedError`. Raises :class:`DataValidationError` before any training if the
+    data cannot be used.
     """
     root = Path(root)
     if (root / "dataset.json").exists():
+        check_unchanged(spec, root)
         return PreparedDataset.open(root)
+    identity = data_identity(spec)
     if spec.source == DIGITS:
         table = _digits_table()
         origin = "sklearn digits"
@@ -139,9 +152,12 @@ def prepare_dataset(spec: DataSpec, root: Path | str) -> PreparedDataset:
     feature_names = _feature_names(table, spec, origin)
     validate_table(table, feature_names, spec.label_column, origin)
     labels, class_names = _encode_labels(table.column(spec.label_column))
-    columns = {name: _as_float32(table.column(name)) for name in feature_names}
-    columns[LABEL_COLUMN] = pa.array(labels, pa.int64())
-    clean = pa.table(columns)
+    label_name = prepared_label_name(feature_names)
+    clean = pa.table(
+        [_as_float32(table.column(name)) for name in feature_names]
+        + [pa.array(labels, pa.int64())],
+        names=[*feature_names, label_name],
+    )
     train_idx, val_idx, test_idx = stratified_split(
         labels, spec.validation_fraction, spec.test_fraction, spec.seed
     )
@@ -149,9 +165,10 @@ def prepare_dataset(spec: DataSpec, root: Path | str) -> PreparedDataset:
     for split, indices in zip(SPLITS, (train_idx, val_idx, test_idx), strict=True):
         pq.write_table(clean.take(pa.array(indices)), root / f"{split}.parquet")
     report_outliers(root, feature_names)  # quality.json: rows unlike the rest, per split
-    prepared = PreparedDataset(root, tuple(feature_names), LABEL_COLUMN, tuple(class_names))
+    prepared = PreparedDataset(root, tuple(feature_names), label_name, tuple(class_names))
     tmp = root / "dataset.json.tmp"
-    tmp.write_text(json.dumps({**prepared.to_json(), "source": origin}, indent=2))
+    meta = {**prepared.to_json(), "source": origin, "identity": identity}
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     tmp.replace(root / "dataset.json")
     logger.info(
         "prepared %s into %s (%d/%d/%d rows)",
@@ -160,6 +177,95 @@ def prepare_dataset(spec: DataSpec, root: Path | str) -> PreparedDataset:
         *map(len, (train_idx, val_idx, test_idx)),
     )
     return prepared
+
+
+def prepared_label_name(feature_names: Sequence[str]) -> str:
+    """``label``, or ``_label``, ``__label``, ... : the first that is not a feature's name."""
+    name = LABEL_COLUMN
+    while name in feature_names:
+        name = f"_{name}"
+    return name
+
+
+def data_identity(spec: DataSpec) -> dict:
+    """What a prepared split is made from: the source (each file's path, size, modification
+    time and SHA-256), the label and feature columns, the split fractions and the seed."""
+    return {
+        "source": spec.source,
+        "files": [_file_identity(path) for path in _source_files(spec.source)],
+        **data_identity_settings(spec),
+    }
+
+
+def check_unchanged(spec: DataSpec, root: Path) -> None:
+    """Raise :class:`DataChangedError` if ``root`` was prepared from other data than ``spec``
+    names. A file whose size and modification time match is taken as unchanged; otherwise its
+    content hash decides (a copied or touched file with the same bytes is the same data)."""
+    recorded = json.loads((root / "dataset.json").read_text()).get("identity")
+    if recorded is None:  # prepared before identities were recorded
+        logger.warning("%s records no data identity; reusing it as it is", root)
+        return
+    current = data_identity_settings(spec)
+    for key in current:
+        if recorded[key] != current[key]:
+            _changed(root, f"data {key} was {recorded[key]!r}, now {current[key]!r}")
+    files = _source_files(spec.source)
+    if len(files) != len(recorded["files"]):
+        _changed(root, f"{spec.source} held {len(recorded['files'])} files, now {len(files)}")
+    for path, old in zip(files, recorded["files"], strict=True):
+        stat = path.stat()
+        if stat.st_size == old["size"] and stat.st_mtime_ns == old["mtime_ns"]:
+            continue
+        if stat.st_size != old["size"] or _sha256(path) != old["sha256"]:
+            _changed(root, f"{path} is not the file it was prepared from ({old['path']})")
+
+
+def data_identity_settings(spec: DataSpec) -> dict:
+    """The parts of :func:`data_identity` that need no file reads."""
+    return {
+        "label_column": spec.label_column,
+        "feature_columns": None if spec.feature_columns is None else list(spec.feature_columns),
+        "validation_fraction": spec.validation_fraction,
+        "test_fraction": spec.test_fraction,
+        "seed": spec.seed,
+    }
+
+
+def _changed(root: Path, what: str) -> None:
+    raise DataChangedError(f"{root} was prepared from other data: {what}")
+
+
+def _source_files(source: str) -> list[Path]:
+    """The files a source reads (none for a built-in data set), in a stable order."""
+    path = Path(source)
+    if source == DIGITS or not path.exists():
+        return []
+    if path.is_file():
+        return [path.resolve()]
+    hidden = (".", "_")  # files pyarrow's dataset reader skips
+    return sorted(
+        p.resolve()
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(hidden) for part in p.relative_to(path).parts)
+    )
+
+
+def _file_identity(path: Path) -> dict:
+    stat = path.stat()
+    return {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": _sha256(path),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_parquet_source(path: Path) -> pa.Table:
