@@ -1,4 +1,5 @@
-"""Connecting to Ray: a cluster when ``RAY_ADDRESS`` names one, else a fresh local instance."""
+"""Connecting to Ray, in one place: a cluster when ``RAY_ADDRESS`` names one, else a fresh
+local instance (:func:`ensure_ray`); the cluster this node belongs to (:func:`attach_cluster`)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def ensure_ray(*, log_to_driver: bool | None = None) -> None:
         # study takes all of its processes with it.
         os.environ.setdefault("RAY_process_group_cleanup_enabled", "0")
     ray.init(address=address, log_to_driver=log_to_driver)
+
+
+def attach_cluster() -> str:
+    """Connect to the cluster this node belongs to; return its GCS address.
+
+    ``address="auto"`` takes ``RAY_ADDRESS`` when set, else the cluster that ``ray start``
+    recorded on this node (else any Ray running on it). It never starts a Ray of its own: a
+    study that silently ran on a private single-node Ray would leave the cluster's workers idle.
+    Raises ``ConnectionError`` when there is none.
+    """
+    ray.init(address="auto")
+    return ray.get_runtime_context().gcs_address

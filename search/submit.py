@@ -17,26 +17,20 @@ from __future__ import annotations
 import sys
 
 import click
-import ray
 
 from search.cli_commands import study_run
 from search.cli_errors import UserError
+from search.ray_runtime import attach_cluster
 
 USAGE_NAME = "ray submit cluster.yaml search/submit.py --"
 
 
 def attach() -> str:
-    """Connect to the cluster this node belongs to; return its GCS address.
-
-    ``address="auto"`` takes ``RAY_ADDRESS`` when set, else the cluster that ``ray start``
-    recorded on this node (else any Ray running on it). It never starts a Ray of its own: a
-    study that silently ran on a private single-node Ray would leave the cluster's workers idle.
-    """
+    """Connect to the cluster this node belongs to (never a Ray of our own); its address."""
     try:
-        ray.init(address="auto")
+        return attach_cluster()
     except ConnectionError as error:
         raise UserError(f"no Ray cluster to attach to on this node: {error}") from None
-    return ray.get_runtime_context().gcs_address
 
 
 def main(argv: list[str] | None = None) -> None:
