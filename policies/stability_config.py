@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ConfigDict
+
 from policies import _validation
 
 MAX_SCORE_WITHOUT_DIVERGENCE = 0.99
@@ -28,6 +30,8 @@ for losses), so a perfectly flat baseline does not turn noise into infinite z-sc
 @dataclass(frozen=True)
 class StabilityConfig:
     """How :class:`StabilityDetector` recognises spikes, divergence and stalling, and scores."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # as a spec section: unknown keys refused
 
     window: int = 50
     """Finite values (per signal) in the robust running baseline (median and MAD); >= 5."""

@@ -23,9 +23,6 @@ from train_loops.models import ModelSpec
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 
-# Unknown stability keys are refused (pydantic reads this off the dataclass).
-StabilityConfig.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
-
 
 class TrainingSettings(BaseModel):
     """How one run trains; the same object drives 1 or N workers."""
