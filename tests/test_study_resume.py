@@ -162,8 +162,9 @@ def test_killed_twice_with_two_trials_at_a_time_ends_as_if_never_killed(storage,
         "a trial of the second attempt checkpointed",
     )
     # 3. to the end
-    third = _start(command, env, log)
-    assert third.wait(timeout=600) == 0, log.read_text()[-3000:]
+    console = tmp_path / "third.log"
+    third = _start(command, env, console)
+    assert third.wait(timeout=600) == 0, console.read_text()[-3000:]
     assert _wait_for_no_processes(third.pid) == [], "processes outlived the finished study"
 
     trials = _journal(directory)
@@ -201,3 +202,12 @@ def test_killed_twice_with_two_trials_at_a_time_ends_as_if_never_killed(storage,
         assert len(row) == 1, trial.number
         for key in ("instability_score", "val_accuracy", "cost_to_target_dollars", "step"):
             assert row.iloc[0][key] == result[key], (trial.number, key)
+
+    # the console: each phase, our lines only (Ray's and Optuna's go to study.log)
+    printed = console.read_text()
+    phases = ["data: ", "gradient probe", "probe: max_norm", "starting Ray", "Ray ready: "]
+    phases += ["continuing: ", "trial ", "Pareto front", "report: "]
+    assert all(line in printed for line in phases), printed
+    noise = ["INFO", "WARNING", "Warning", "╭", "TensorBoard", "View detailed results", "Trial "]
+    assert not [word for word in noise if word in printed], printed
+    assert "Started a local Ray instance" in (directory / "study.log").read_text()
