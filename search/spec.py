@@ -212,7 +212,8 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _study_sets_these(self) -> StudySpec:
         for name in SET_BY_THE_STUDY:
-            if name in self.training.model_fields_set or name in self.search.space.extra:
+            # None is the default and round-trips (model_dump_json then model_validate_json)
+            if getattr(self.training, name) is not None or name in self.search.space.extra:
                 raise ValueError(
                     f"training.{name} is set by the study ({SET_BY_THE_STUDY[name]}); remove it"
                 )
