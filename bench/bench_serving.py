@@ -48,8 +48,15 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-SETUPS = ("plain", "app", "proxy", "direct", "haproxy")
-SERVE_SETUPS = ("proxy", "direct", "haproxy")
+SETUPS = ("plain", "app", "proxy", "direct", "haproxy", "haproxy-tuned")
+SERVE_SETUPS = ("proxy", "direct", "haproxy", "haproxy-tuned")
+TUNED = {
+    # Serve's "throughput optimized" settings for the replica (RAY_SERVE_THROUGHPUT_OPTIMIZED):
+    # the app runs on the replica's own event loop rather than a second thread's.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+}
 
 
 @dataclass
@@ -250,7 +257,11 @@ def run_serve_server(mode: str, port: int, registry_root: Path, scratch: Path) -
     """``trimtab serve`` in ``mode``: its own Ray, monitoring on; prints the URL to use."""
     from serving.ingress import apply_ingress_environment, replica_http_port
 
+    tuned = mode.endswith("-tuned")
+    mode = mode.removesuffix("-tuned")
     environment = apply_ingress_environment(mode, scratch)  # type: ignore[arg-type]
+    if tuned:
+        os.environ.update(TUNED)
     import ray
     from ray import serve
 
@@ -264,6 +275,7 @@ def run_serve_server(mode: str, port: int, registry_root: Path, scratch: Path) -
         num_replicas=1,
         ray_actor_options={"num_cpus": 1},
         admin_token=None,
+        max_batch_size=1 if tuned else 16,
     )
     ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

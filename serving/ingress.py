@@ -108,7 +108,11 @@ def ingress_environment(mode: IngressMode, scratch: Path | str) -> dict[str, str
             RAY_SERVE_HAPROXY_METRICS_PORT=str(base + 34),
             RAY_SERVE_HAPROXY_STATS_PORT=str(base + 35),
             RAY_SERVE_HAPROXY_RETRY_ON=HAPROXY_RETRY_ON,
-            RAY_SERVE_HAPROXY_RETRIES="1",
+            RAY_SERVE_HAPROXY_RETRIES="2",
+            # Mark a replica down at its first connection error, so that the retry of the
+            # request it dropped (``option redispatch``) goes to another one: with
+            # ``leastconn`` the dead replica, holding no connections, would be picked again.
+            RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT="1",
         )
     else:
         environment["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
