@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
@@ -89,6 +90,8 @@ class WorkerContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     prepare_model: Callable[[nn.Module], nn.Module] = lambda model: model
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+    all_gather: Callable[[Any], list[Any]] = lambda value: [value]
+    """Every rank's ``value``, in rank order (a collective: all ranks call it together)."""
 
 
 class StepOutcome(NamedTuple):
@@ -163,6 +166,11 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return multiplier
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed for ``rank``'s random stream, distinct per (seed, rank)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, or SGD with (Nesterov-free) momentum, at the configured peak learning rate."""
     if config.optimizer == "sgd":
@@ -209,6 +217,9 @@ def train(
         ActivationCheckpointing(every=config.activation_checkpointing).apply(model.blocks)
     model = context.prepare_model(model.to(device))
     bare_model = model.module if hasattr(model, "module") else model
+    # Same initial weights on every rank (seeded above); from here each rank draws its own
+    # dropout stream, and saves and restores its own RNG state.
+    torch.manual_seed(rank_seed(config.seed, context.rank))
 
     epoch_steps = config.epochs * batches_per_epoch
     total_steps = min(config.max_steps, epoch_steps) if config.max_steps else epoch_steps
@@ -297,7 +308,7 @@ def train(
         return {
             **parts.state_dict(),
             "recovery": recovery.state_dict(),
-            "rng": [rng_state()],
+            "rng": context.all_gather(rng_state()),
             "step": step,
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,

@@ -102,6 +102,7 @@ def train_worker(
         device=device,
         prepare_model=ray.train.torch.prepare_model,
         all_reduce_mean=_all_reduce_mean if world_size > 1 else (lambda tensor: tensor),
+        all_gather=_all_gather if world_size > 1 else (lambda value: [value]),
     )
     dataset = PreparedDataset.open(config.dataset_dir)
     if config.data_loader == "ray_data":
@@ -147,6 +148,12 @@ def train_worker(
         resume=resume,
         context=context,
     )
+
+
+def _all_gather(value: Any) -> list[Any]:
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
 
 
 def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
