@@ -5,7 +5,7 @@ Protocol v2 REST API (KServe / Triton), whose field names and meanings these mod
 https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
 
 Checks that need the loaded model (feature count, batch limit, tensor names) live in
-:mod:`serving.http_api`; these models check what JSON alone can say.
+:mod:`serving.http_inputs`; these models check what JSON alone can say.
 """
 
 from __future__ import annotations
