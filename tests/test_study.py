@@ -56,7 +56,7 @@ def test_eight_trial_study_front_and_winner_match_the_table(ray_session, storage
     optuna_front = {t.user_attrs["tune_trial_id"] for t in study.best_trials}
     assert optuna_front == front
     # the winner's config rebuilds, the report exists
-    assert result.winner_config.clipping["method"] == result.winner["param_clip_method"]
+    assert result.winner_config.clipping.method == result.winner["param_clip_method"]
     report = result.directory / "report"
     for name in ("trials.parquet", "pareto.png", "report.html"):
         assert (report / name).stat().st_size > 0
