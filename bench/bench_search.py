@@ -1,322 +1,336 @@
-"""Search benchmarks: per-trial overhead, and how much front a sampler finds for its budget.
+"""Sampler comparison on the stress workload: how much of the front TPE, GP and random search
+find for a budget of trials, and what divergence stopping saves.
 
-**Overhead** (trial start → first training step). Small studies whose trials run one after
-another (``max_concurrent_trials: 1``), alternately with ``num_workers: 1`` (the loop runs
-in-process inside the Tune trial) and ``num_workers: 2`` (the trial fits a 2-worker
-``TorchTrainer``). Trial start is the driver's time at the Tune callback ``on_trial_start``.
-The first training step is stamped by the model itself: the study uses this file's
-``timed_mlp``, the built-in MLP plus a forward that writes ``time.time()`` to a file the first
-time it runs (``train()`` runs that forward, to measure activation bytes, right before its first
-step); with two workers the later of the two ranks' stamps counts. No library code is changed.
+The study is ``studies/stress.yaml`` (its data, model, space, objectives and constraints). To
+fit many runs on 2 cores this benchmark drives Optuna's ask/tell loop itself, with the same
+pieces a Ray-backed study uses: the probe's clip ranges (``search.probe``), the calibrated
+per-step costs (``search.cost_calibration``), the define-by-run space (``search.space``), the
+study's samplers (``search.optuna_wiring.build_sampler``), objective and constraint values
+(``objective_names``, ``constraint_values``, recorded with ``Trial.set_constraint``) and
+in-process training (``train_loops.worker.train_in_process``, which stops a diverged run). Only
+Ray Tune is left out; ``bench/bench_stress_study.py`` runs the study through Ray.
 
-**Efficiency**. The same small digits study (default search space, ``epochs: 2``,
-``report_every_steps: 20``, ``max_concurrent_trials: 2``) with ``search.sampler: tpe`` and
-``random``, for every seed, interleaved (seed 0 TPE, seed 0 random, seed 1 TPE, ...), each in
-its own storage directory. For each run: the hypervolume of its feasible trials' front in
-(instability_score, cost_dollars / scale), reference point (1, 1), where ``scale`` is 1.1 × the
-largest feasible cost over all runs (one scale for every run). Cost is wall-clock seconds
-times a price, so it carries this machine's load.
+Per run (sampler x seed, interleaved): the hypervolume of the feasible trials after each trial,
+in the objectives normalised to a fixed box: instability (already in [0, 1]), cost divided by
+the most expensive planned run (max calibrated step cost x max_steps), validation loss divided
+by ln(classes) (a model at chance); reference point 1 in each. Also the 2-D hypervolume of
+(instability, cost) alone.
 
-Usage::
+Divergence stopping: a diverged trial stops at step s of its planned S; had it run on, it
+would have taken S steps at its own measured time per step. Saved share = saved / (taken +
+saved), over the diverged trials and over all trials.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_search.py [--trials 10]
-        [--seeds 0 1 2] [--samplers tpe random] [--overhead-trials 2] [--overhead-rounds 2]
-        [--skip-overhead] [--skip-efficiency]
+Winner vs a common default: each run's winner (the study's selection policy over its feasible
+trials) beside norm clipping at 1.0, fp32, no activation checkpointing and the spec's default
+learning rate, optimizer and warm-up, trained with the same seed.
 
-About 15 minutes with the defaults on a busy 2-core machine (a TorchTrainer trial alone
-costs ~25 s there).
+Usage (each seed is one job; ``--aggregate`` prints the tables from the saved results)::
+
+    .venv/bin/python bench/bench_search.py --seeds 0 --out /tmp/search.jsonl
+    .venv/bin/python bench/bench_search.py --aggregate --out /tmp/search.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import logging
+import math
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-BENCH_DIRECTORY = Path(__file__).resolve().parent
-MODEL_FACTORY = f"{Path(__file__).stem}:timed_mlp"
-"""Importable in Ray's workers too: ``main`` puts this directory on ``PYTHONPATH``."""
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "stress.yaml"
+SAMPLERS = ("tpe", "gp", "random")
 
 
-def timed_mlp(num_features: int, num_classes: int, stamp_dir: str, **options: Any):
-    """The built-in MLP; its first forward writes a time stamp to ``stamp_dir``."""
-    from train_loops.models import MLP
+class Workload:
+    """The stress study prepared once: base config, probe ranges, calibrated step costs."""
 
-    class StampedMLP(MLP):
-        stamped = False
+    def __init__(self, study: Path, root: Path) -> None:
+        from search.cost_calibration import load_or_calibrate
+        from search.probe import load_or_probe
+        from search.space import ResolvedSpace
+        from search.spec import StudySpec
+        from train_loops.data import prepare_dataset
 
-        def forward(self, x):
-            if not self.stamped:
-                self.stamped = True
-                stamp = {"time": time.time(), "pid": os.getpid()}
-                Path(stamp_dir, f"{uuid.uuid4().hex}.json").write_text(json.dumps(stamp))
-            return super().forward(x)
-
-    return StampedMLP(num_features, num_classes, **options)
-
-
-def trial_log_callback(path: Path):
-    """A Tune callback that appends each trial's start and completion times to ``path``."""
-    import ray.tune
-
-    class TrialLog(ray.tune.Callback):
-        def _write(self, event: str, trial: Any) -> None:
-            with open(path, "a") as log:
-                log.write(
-                    json.dumps({"event": event, "trial": trial.trial_id, "time": time.time()})
-                )
-                log.write("\n")
-
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self._write("start", trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            self._write("result", trial)
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self._write("complete", trial)
-
-    return TrialLog()
-
-
-def overhead_study(root: Path, label: str, workers: int, trials: int, seed: int) -> list[dict]:
-    """Run one small study; per trial: seconds from trial start to the first training step."""
-    from search.spec import StudySpec
-    from search.study import Study
-
-    stamps, log = root / f"{label}-stamps", root / f"{label}-trials.jsonl"
-    stamps.mkdir()
-    spec = StudySpec.from_dict(
-        {
-            "name": label,
-            "storage": str(root),
-            "model": {"name": MODEL_FACTORY, "options": {"stamp_dir": str(stamps)}},
-            "training": {
-                "epochs": 2,
-                "max_steps": 20,
-                "report_every_steps": 20,
-                "num_workers": workers,
-            },
-            "search": {
-                "num_trials": trials,
-                "max_concurrent_trials": 1,
-                "sampler": "random",
-                "seed": seed,
-                "probe": {"steps": 5},
-            },
-            "constraints": {"min_val_accuracy": None},
-        }
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # Tune's banners; stdout keeps the tables
-        Study(spec, callbacks=[trial_log_callback(log)]).run()
-    events = [json.loads(line) for line in log.read_text().splitlines()]
-    first_steps = sorted(json.loads(p.read_text())["time"] for p in stamps.glob("*.json"))
-    rows = []
-    for index, start in enumerate(e for e in events if e["event"] == "start"):
-        trial = start["trial"]
-        end = next(e["time"] for e in events if e["event"] == "complete" and e["trial"] == trial)
-        first_result = min(
-            e["time"] for e in events if e["event"] == "result" and e["trial"] == trial
+        self.spec = StudySpec.from_yaml(study)
+        root.mkdir(parents=True, exist_ok=True)
+        dataset = prepare_dataset(self.spec.data.to_data_spec(), root / "data")
+        self.base = self.spec.train_config(dataset.root)
+        probe = load_or_probe(root, self.base, self.spec)
+        self.calibration = load_or_calibrate(root, self.spec, self.base)
+        norm_range, value_range = probe.ranges()
+        self.space = ResolvedSpace(
+            self.spec.search.space, max_norm=norm_range, clip_value=value_range
         )
-        mine = [t for t in first_steps if start["time"] <= t <= end]
-        if len(mine) != workers:
-            raise RuntimeError(f"{label} trial {trial}: {len(mine)} stamps for {workers} workers")
+        self.classes = dataset.num_classes
+        price = self.base.price_per_worker_hour / 3600.0
+        steps = self.base.max_steps or 1
+        self.cost_scale = max(self.calibration.step_seconds.values()) * steps * price
+
+    def train(self, config: Any) -> tuple[dict[str, float], float]:
+        from train_loops.worker import train_in_process
+
+        started = time.perf_counter()
+        metrics = train_in_process(self.calibration.apply(config), lambda m, d: None)
+        return metrics, time.perf_counter() - started
+
+    def normalised(self, metrics: dict[str, float]) -> list[float]:
+        from search.optuna_wiring import objective_names
+
+        scales = {
+            "instability_score": 1.0,
+            self.spec.objectives.cost: self.cost_scale,
+            "val_loss": math.log(self.classes),
+        }
+        return [metrics[name] / scales[name] for name in objective_names(self.spec)]
+
+
+def run_search(workload: Workload, sampler: str, seed: int, trials: int) -> dict[str, Any]:
+    """One ask/tell search; per trial its metrics, constraints and seconds."""
+    import optuna
+
+    from search.optuna_wiring import (
+        build_sampler,
+        constraint_names,
+        constraint_values,
+        objective_names,
+    )
+    from search.space import trial_train_config
+
+    values = workload.spec.model_dump()
+    values["search"].update(sampler=sampler, seed=seed, num_trials=trials)
+    spec = type(workload.spec).model_validate(values)
+    names = objective_names(spec)
+    study = optuna.create_study(directions=["minimize"] * len(names), sampler=build_sampler(spec))
+    rows, started = [], time.perf_counter()
+    for _ in range(trials):
+        trial = study.ask()
+        workload.space(trial)
+        config = trial_train_config(workload.base, trial.params).replace(seed=seed)
+        metrics, seconds = workload.train(config)
+        constraints = constraint_values(spec, metrics)
+        for name, value in zip(constraint_names(spec), constraints, strict=True):
+            trial.set_constraint(name, value)
+        study.tell(trial, [metrics[name] for name in names])
         rows.append(
             {
-                "setup": "in-process (1 worker)"
-                if workers == 1
-                else f"TorchTrainer ({workers} workers)",
-                "index": index,
-                "to_first_step": max(mine) - start["time"],
-                "to_first_result": first_result - start["time"],
-                "trial_seconds": end - start["time"],
+                "params": trial.params,
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                "feasible": all(value <= 0 for value in constraints),
+                "seconds": seconds,
+                "normalised": workload.normalised(metrics),
             }
         )
-    return rows
-
-
-def hypervolume_2d(points: np.ndarray, reference: np.ndarray) -> float:
-    """Area dominated by ``points`` (both objectives minimised) and bounded by ``reference``."""
-    inside = points[np.all(points < reference, axis=1)]
-    if len(inside) == 0:
-        return 0.0
-    area, best_second = 0.0, reference[1]
-    for first, second in inside[np.lexsort((inside[:, 1], inside[:, 0]))]:
-        if second < best_second:
-            area += (reference[0] - first) * (best_second - second)
-            best_second = second
-    return float(area)
-
-
-def efficiency_run(root: Path, sampler: str, seed: int, trials: int) -> dict[str, Any]:
-    from search.spec import StudySpec
-    from search.study import Study
-
-    spec = StudySpec.from_dict(
-        {
-            "name": f"{sampler}-seed{seed}",
-            "storage": str(root / f"{sampler}-seed{seed}"),
-            "training": {"epochs": 2, "report_every_steps": 20},
-            "search": {
-                "num_trials": trials,
-                "max_concurrent_trials": 2,
-                "sampler": sampler,
-                "seed": seed,
-            },
-        }
-    )
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):
-        result = Study(spec).run()
-    table = result.trials
-    feasible = table[table["feasible"]]
     return {
         "sampler": sampler,
         "seed": seed,
-        "seconds": time.perf_counter() - started,
-        "trials": len(table),
-        "feasible": len(feasible),
-        "points": feasible[["instability_score", "cost_dollars"]].to_numpy(dtype=float),
-        "front": int(table["on_front"].sum()),
+        "trials": rows,
+        "search_seconds": time.perf_counter() - started,
+        "winner": winner(spec, rows),
     }
 
 
-def print_overhead(rows: list[dict]) -> None:
-    print(
-        "| trial runs as | trials | start → first step (median) | min–max | "
-        "start → first report | whole trial (20 steps) |"
+def winner(spec: Any, rows: list[dict]) -> dict | None:
+    """The study's selection policy over the feasible trials (``search.study.select_winner``)."""
+    import pandas as pd
+
+    from search.study import select_winner
+
+    feasible = [
+        {"trial_id": str(i), **row["metrics"]} for i, row in enumerate(rows) if row["feasible"]
+    ]
+    if not feasible:
+        return None
+    chosen = select_winner(spec, pd.DataFrame(feasible))
+    return {"params": rows[int(chosen.key)]["params"], **rows[int(chosen.key)]["metrics"]}
+
+
+def run_default(workload: Workload, seed: int) -> dict[str, float]:
+    """Norm clipping at 1.0, fp32, no activation checkpointing, the spec's defaults otherwise."""
+    config = workload.base.replace(
+        clipping={"method": "norm", "max_norm": 1.0},
+        precision="fp32",
+        activation_checkpointing=0,
+        seed=seed,
     )
-    print("|---|---:|---:|---:|---:|---:|")
-    for setup in dict.fromkeys(r["setup"] for r in rows):
-        mine = [r for r in rows if r["setup"] == setup]
-        first = [r["to_first_step"] for r in mine]
-        print(
-            f"| {setup} | {len(mine)} | {statistics.median(first):.2f} s | "
-            f"{min(first):.2f}–{max(first):.2f} s | "
-            f"{statistics.median(r['to_first_result'] for r in mine):.2f} s | "
-            f"{statistics.median(r['trial_seconds'] for r in mine):.2f} s |"
-        )
-    setups = list(dict.fromkeys(r["setup"] for r in rows))
-    if len(setups) == 2:
-        a, b = (
-            statistics.median(r["to_first_step"] for r in rows if r["setup"] == s) for s in setups
-        )
-        print(f"\n{setups[1]} / {setups[0]}: {b / a:.1f}x the time to the first step")
-    later = [r["to_first_step"] for r in rows if r["index"] > 0 and r["setup"] == setups[0]]
-    first = [r["to_first_step"] for r in rows if r["index"] == 0 and r["setup"] == setups[0]]
-    if later and first:
-        print(
-            f"{setups[0]}: first trial of a study {statistics.median(first):.2f} s, "
-            f"later trials {statistics.median(later):.2f} s (median)"
-        )
+    from search.optuna_wiring import constraint_values
+
+    metrics, seconds = workload.train(config)
+    feasible = all(value <= 0 for value in constraint_values(workload.spec, metrics))
+    return {**metrics, "seconds": seconds, "feasible": int(feasible)}
 
 
-def print_efficiency(runs: list[dict]) -> None:
+def hypervolume(points: list[list[float]]) -> float:
+    """Hypervolume of ``points`` (minimised) against the reference point 1 in each axis."""
     from optuna._hypervolume import compute_hypervolume
 
-    feasible_costs = [c for run in runs for c in run["points"][:, 1]]
-    scale = 1.1 * max(feasible_costs) if feasible_costs else 1.0
-    reference = np.array([1.0, 1.0])
-    agree = True
-    for run in runs:
-        points = run["points"] / np.array([1.0, scale])
-        run["hypervolume"] = hypervolume_2d(points, reference)
-        # Cross-check with Optuna's own implementation.
-        inside = points[np.all(points < reference, axis=1)]
-        optuna_value = compute_hypervolume(inside, reference) if len(inside) else 0.0
-        agree = agree and abs(optuna_value - run["hypervolume"]) < 1e-9
-        run["best_instability"] = float(points[:, 0].min()) if len(points) else float("nan")
-        run["min_cost"] = float(points[:, 1].min()) if len(points) else float("nan")
+    inside = np.array([p for p in points if all(v < 1.0 for v in p)], dtype=float)
+    if len(inside) == 0:
+        return 0.0
+    return float(compute_hypervolume(inside, np.ones(inside.shape[1])))
+
+
+def hypervolume_curve(run: dict, dims: int | None = None) -> list[float]:
+    """Hypervolume of the feasible trials after each trial (first ``dims`` objectives)."""
+    curve, feasible = [], []
+    for row in run["trials"]:
+        if row["feasible"]:
+            feasible.append(row["normalised"][:dims])
+        curve.append(hypervolume(feasible))
+    return curve
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval."""
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, float(half)
+
+
+def trials_to_reach(curve: list[float], target: float) -> int | None:
+    return next((index + 1 for index, value in enumerate(curve) if value >= target - 1e-12), None)
+
+
+def print_tables(runs: list[dict], defaults: list[dict]) -> None:
+    samplers = list(dict.fromkeys(run["sampler"] for run in runs))
+    curves = {id(run): hypervolume_curve(run) for run in runs}
+    curves_2d = {id(run): hypervolume_curve(run, dims=2) for run in runs}
+    random_final = {run["seed"]: curves[id(run)][-1] for run in runs if run["sampler"] == "random"}
+    mean_random = statistics.fmean(random_final.values()) if random_final else float("nan")
     print(
-        f"cost scale: 1.1 × max feasible cost = ${scale:.3g}; reference point (1.0, 1.0); "
-        f"optuna._hypervolume.compute_hypervolume {'agrees' if agree else 'DISAGREES'}\n"
+        "| sampler | seeds | trials | hypervolume (mean ± 95 % CI) | 2-D (instability, cost) "
+        "| feasible trials | trials to random's final HV (mean curve) | per seed (median) |"
     )
-    print(
-        "| sampler | seed | trials | feasible | front | min instability | "
-        "min cost / scale | hypervolume | run seconds |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for run in runs:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for sampler in samplers:
+        mine = [run for run in runs if run["sampler"] == sampler]
+        finals = [curves[id(run)][-1] for run in mine]
+        finals_2d = [curves_2d[id(run)][-1] for run in mine]
+        mean, half = interval(finals)
+        mean_2d, half_2d = interval(finals_2d)
+        mean_curve = np.mean([curves[id(run)] for run in mine], axis=0).tolist()
+        reach = trials_to_reach(mean_curve, mean_random)
+        per_seed = [
+            trials_to_reach(curves[id(run)], random_final[run["seed"]])
+            for run in mine
+            if run["seed"] in random_final
+        ]
+        reached = [n for n in per_seed if n is not None]
+        feasible = statistics.fmean(sum(r["feasible"] for r in run["trials"]) for run in mine)
         print(
-            f"| {run['sampler']} | {run['seed']} | {run['trials']} | {run['feasible']} | "
-            f"{run['front']} | {run['best_instability']:.4f} | {run['min_cost']:.3f} | "
-            f"{run['hypervolume']:.4f} | {run['seconds']:.0f} |"
+            f"| {sampler} | {len(mine)} | {len(mine[0]['trials'])} | {mean:.4f} ± {half:.4f} | "
+            f"{mean_2d:.4f} ± {half_2d:.4f} | {feasible:.1f} | "
+            f"{reach if reach is not None else 'not reached'} | "
+            f"{statistics.median(reached) if reached else '-'} "
+            f"({len(reached)}/{len(per_seed)} seeds reach) |"
         )
-    print("\n| sampler | hypervolume mean ± std | per seed |")
-    print("|---|---:|---|")
+    print("\nPer seed, final hypervolume:\n")
+    print("| seed | " + " | ".join(samplers) + " |")
+    print("|---:|" + "---:|" * len(samplers))
+    for seed in sorted({run["seed"] for run in runs}):
+        cells = [
+            f"{curves[id(run)][-1]:.4f}"
+            for sampler in samplers
+            for run in runs
+            if run["sampler"] == sampler and run["seed"] == seed
+        ]
+        print(f"| {seed} | " + " | ".join(cells) + " |")
+    print_stopping(runs)
+    print_winners(runs, defaults)
+
+
+def print_stopping(runs: list[dict]) -> None:
+    taken = saved = all_taken = 0.0
+    diverged = total = 0
+    for run in runs:
+        for row in run["trials"]:
+            metrics, seconds = row["metrics"], row["seconds"]
+            all_taken += seconds
+            total += 1
+            if metrics.get("diverged", 0.0) >= 1 and metrics["step"] > 0:
+                diverged += 1
+                per_step = seconds / metrics["step"]
+                taken += seconds
+                saved += (metrics["steps_planned"] - metrics["step"]) * per_step
+    print(
+        f"\nDivergence stopping: {diverged} of {total} trials diverged and stopped early. They "
+        f"took {taken:.0f} s; run to the end they would have taken {taken + saved:.0f} s: "
+        f"**{saved / max(taken + saved, 1e-9):.0%} of the diverged trials' time saved**, "
+        f"{saved / max(all_taken + saved, 1e-9):.0%} of all trials' time."
+    )
+
+
+def print_winners(runs: list[dict], defaults: list[dict]) -> None:
+    print(
+        "\n| setting | runs | instability (mean) | cost to target (mean, $) | val accuracy | "
+        "test accuracy | feasible |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+
+    def line(label: str, results: list[dict]) -> None:
+        if not results:
+            print(f"| {label} | 0 | - | - | - | - | - |")
+            return
+        keys = ("instability_score", "cost_to_target_dollars", "val_accuracy", "test_accuracy")
+        mean = {k: statistics.fmean(float(r[k]) for r in results) for k in keys}
+        print(
+            f"| {label} | {len(results)} | {mean['instability_score']:.3f} | "
+            f"{mean['cost_to_target_dollars']:.3g} | {mean['val_accuracy']:.3f} | "
+            f"{mean['test_accuracy']:.3f} | {sum(r.get('feasible', 1) for r in results)} |"
+        )
+
+    line("common default (norm 1.0, fp32, no AC, spec lr)", defaults)
     for sampler in dict.fromkeys(run["sampler"] for run in runs):
-        values = [run["hypervolume"] for run in runs if run["sampler"] == sampler]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(
-            f"| {sampler} | {statistics.mean(values):.4f} ± {spread:.4f} | "
-            f"{', '.join(f'{v:.4f}' for v in values)} |"
-        )
+        winners = [run["winner"] for run in runs if run["sampler"] == sampler and run["winner"]]
+        line(f"{sampler} winner", [{**w, "feasible": 1} for w in winners])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=10, help="trials per efficiency run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--samplers", nargs="+", default=["tpe", "random"])
-    parser.add_argument("--overhead-trials", type=int, default=2, help="trials per study")
-    parser.add_argument("--overhead-rounds", type=int, default=2, help="in-process/Train turns")
-    parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--skip-efficiency", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--study", type=Path, default=STUDY)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/trimtab-bench-search"))
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
+    parser.add_argument("--aggregate", action="store_true", help="only print the tables")
     args = parser.parse_args()
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    # Ray's workers (Tune trials, Train workers) must import MODEL_FACTORY's module.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(BENCH_DIRECTORY), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
-    sys.path.insert(0, str(BENCH_DIRECTORY))
+    logging.disable(logging.WARNING)  # divergence warnings of the unstable trials
     import optuna
-    import ray
+    import torch
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = time.perf_counter()
-    overhead: list[dict] = []
-    runs: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
-        root = Path(tmp)
-        ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False)
-        try:
-            if not args.skip_overhead:
-                for turn in range(args.overhead_rounds):
-                    for workers in (1, 2):
-                        overhead += overhead_study(
-                            root, f"overhead-{workers}w-{turn}", workers, args.overhead_trials, turn
-                        )
-            if not args.skip_efficiency:
-                for seed in args.seeds:
-                    for sampler in args.samplers:
-                        runs.append(efficiency_run(root, sampler, seed, args.trials))
-        finally:
-            ray.shutdown()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    torch.set_num_threads(1)  # one CPU per trial, as a Ray trial has
+    if not args.aggregate:
+        workload = Workload(args.study, args.work)
+        for seed in args.seeds:
+            records = [{"kind": "default", "seed": seed, **run_default(workload, seed)}]
+            for sampler in args.samplers:
+                records.append({"kind": "run", **run_search(workload, sampler, seed, args.trials)})
+            with args.out.open("a") as out:
+                for record in records:
+                    out.write(json.dumps(record) + "\n")
+            print(f"seed {seed} done", flush=True)
+    records = [json.loads(line) for line in args.out.read_text().splitlines()]
+    runs = [r for r in records if r["kind"] == "run"]
+    defaults = [r for r in records if r["kind"] == "default"]
     load = os.getloadavg()
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end; "
-        f"{time.perf_counter() - started:.0f} s in all"
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, load {load[0]:.1f}; "
+        f"{len(runs)} runs from {args.out}\n"
     )
-    if overhead:
-        print()
-        print_overhead(overhead)
-    if runs:
-        print()
-        print_efficiency(runs)
+    print_tables(runs, defaults)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def run_seed(study_file: Path, root: Path, seed: int, trials: int) -> dict:
     feasible = table["feasible"]
     cost = spec.objectives.cost
     points = table.loc[feasible, ["instability_score", cost]].to_numpy().tolist()
+    details = ["settings", "instability_score", cost, "val_loss", "val_accuracy", "feasible"]
+    print(table[[*details, "diverged", "stalled", "on_front"]].to_string(), file=sys.stderr)
     return {
         "seed": seed,
         "trials": len(table),
