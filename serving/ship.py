@@ -3,14 +3,14 @@ measure, register, move an alias.
 
 Example::
 
-    registry = Registry(".trimtab/registry")
+    model, prepared, training_config, lineage = load_model_for_export("runs/digits/final/...")
     version = ship(
-        model, prepared, registry,
+        model, prepared, Registry("runs/registry"),
         model_name="digits",
-        lineage={"study": "digits-clip", "trial": "a1b2c3", "checkpoint": "runs/.../checkpoint"},
-        training_config={"clip": {"kind": "norm", "max_norm": 1.0}, "precision": "bf16"},
+        lineage={**lineage, "study": "digits"},
+        training_config=training_config,  # e.g. {"clipping": {"method": "norm", ...}, ...}
     )
-    version.manifest.quantization, version.manifest.gate["reason"]
+    version.manifest.quantization, version.manifest.gate
 
 Which rows each step uses: the gate decides INT8 or FP32 on the validation split; the offline
 metrics are measured on the test split, which nothing else has seen; the reference profile for

@@ -57,8 +57,7 @@ def load_model_for_export(
     model = build_model(config.model, dataset.num_features, dataset.num_classes)
     state = load_checkpoint(directory)
     model.load_state_dict(state["model"])
-    lineage = {"checkpoint": str(directory.resolve()), **state.get("lineage", {})}
-    lineage["step"] = int(state["step"])
+    lineage = {"checkpoint": str(directory.resolve()), "step": int(state["step"])}
     return model.eval(), dataset, config.to_dict(), lineage
 
 
