@@ -53,3 +53,26 @@ def test_trial_that_raises_after_reporting_is_infeasible_in_the_journal(ray_sess
     calibration = json.loads((result.directory / "cost_calibration.json").read_text())
     (step_cost,) = calibration["step_seconds"].values()
     assert row.device_seconds == pytest.approx(row.step * step_cost)
+
+
+def test_export_study_works_on_the_shipped_tiny_study(ray_session, storage):
+    """``trimtab export --study`` on studies/tiny.yaml as shipped: the run ends with its final
+    report and checkpoint even though ``max_steps`` outlasts the single epoch."""
+    from click.testing import CliRunner
+
+    from search.cli import main
+    from serving.registry import Registry
+
+    spec = StudySpec.from_yaml("studies/tiny.yaml").model_copy(update={"storage": str(storage)})
+    result = Study(spec).run()
+    assert result.winner is not None, result.trials[["settings", "val_accuracy", "stalled"]]
+    assert result.winner["checkpoint"]
+
+    registry = storage / "registry"
+    exported = CliRunner().invoke(
+        main, ["export", "--study", str(result.directory), "--registry", str(registry)]
+    )
+    assert exported.exit_code == 0, exported.output
+    (number,) = Registry(registry).versions()
+    manifest = Registry(registry).get(number).manifest
+    assert manifest.model_name == "tiny" and manifest.lineage["study"] == "tiny"
