@@ -132,5 +132,5 @@ def test_serving_commands_import_on_their_own(first):
 def test_spec_round_trips_through_json_and_refuses_what_the_study_sets():
     spec = StudySpec.from_yaml("studies/digits.yaml")
     assert StudySpec.model_validate_json(spec.model_dump_json()) == spec
-    with pytest.raises(SpecError, match="training.step_cost_seconds is set by the study"):
+    with pytest.raises(SpecError, match=r"training\.step_cost_seconds is set by the study"):
         StudySpec.from_dict({"training": {"step_cost_seconds": 0.01}})
