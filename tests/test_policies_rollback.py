@@ -199,5 +199,3 @@ def test_any_object_with_a_basis_and_a_call_is_a_rule() -> None:
 
     decision = RollbackPolicy(rules=[NeverRule()], window=1, min_samples=1)(WindowStats(), None)
     assert decision.reasons == ("never",)
-
-
