@@ -108,8 +108,10 @@ def startup_trials(num_trials: int) -> int:
     return max(2, min(10, num_trials // 3))
 
 
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler ``search.sampler`` names, seeded with ``search.seed``.
+def build_sampler(spec: StudySpec, attempt: int = 1) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler ``search.sampler`` names, seeded with ``search.seed`` (plus
+    ``attempt - 1``: a study continued after a kill must not replay the first attempt's random
+    draws, which would propose the same configurations again).
 
     Every one of them reads the constraints :class:`ConstrainedOptunaSearch` records with
     ``Trial.set_constraint``: TPE and NSGA-II rank infeasible trials behind feasible ones; GP
@@ -118,22 +120,23 @@ def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     activation checkpointing, learning rate, optimizer, warm-up); a method's own threshold
     exists only in that method's trials, so GP draws it at random (TPE models it, grouped)."""
     search = spec.search
+    seed = search.seed + attempt - 1
     if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(
-            seed=search.seed,
+            seed=seed,
             population_size=max(4, min(50, search.num_trials // 2)),
         )
     if search.sampler == "gp":
         return optuna.samplers.GPSampler(
-            seed=search.seed,
+            seed=seed,
             n_startup_trials=startup_trials(search.num_trials),
             # The conditional thresholds are sampled independently by design (see above).
             warn_independent_sampling=False,
         )
     return optuna.samplers.TPESampler(
-        seed=search.seed,
+        seed=seed,
         n_startup_trials=startup_trials(search.num_trials),
         multivariate=True,
         group=True,  # conditional thresholds: one group per clipping method

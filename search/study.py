@@ -163,7 +163,7 @@ class Study:
             space=space,
             metric=objectives,
             mode=["min"] * len(objectives),
-            sampler=build_sampler(self.spec),
+            sampler=build_sampler(self.spec, attempt.number),
             study_name=self.spec.name,
             storage=self._storage(),
             spec_json=self.spec.model_dump_json(exclude_unset=True),
