@@ -2,7 +2,7 @@
 
 The card says what the model is for, what it was trained and tested on, how it was configured,
 how well it did overall and per class, how it was quantized and gated, and where it is known
-to fall short. Everything in it is read from :class:`serving.registry.Manifest`, so the card
+to fall short. Everything in it is read from :class:`serving.manifest.Manifest`, so the card
 can always be regenerated and never disagrees with the manifest.
 """
 
@@ -13,7 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from serving.registry import Manifest
+    from serving.manifest import Manifest
 
 
 def render_model_card(manifest: Manifest) -> str:

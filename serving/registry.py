@@ -39,12 +39,14 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from serving.atomic_files import fsync_directory, to_json, write_atomic
-from serving.gate_result import GateResult, checked_gate_record, gate_record_problem
+from serving.gate_result import GateResult, checked_gate_record
+from serving.manifest import Manifest
+from serving.model_card import render_model_card
 from serving.model_schema import InputSchema, OutputSchema, schemas_from_onnx
 from serving.reference_profile import build_reference_profile
 
@@ -80,42 +82,6 @@ class RegistryError(Exception):
 
 class RegistryIntegrityError(RegistryError):
     """The sha256 of a version's model file disagrees with its manifest."""
-
-
-class Manifest(pydantic.BaseModel, extra="forbid", frozen=True):
-    """Everything known about one registered version; ``manifest.json`` on disk."""
-
-    version: int
-    sha256: str
-    created_at: str
-    """ISO 8601, UTC."""
-    model_name: str
-    """The name clients use (the v2 protocol's model name), e.g. ``"digits"``."""
-    lineage: dict[str, Any]
-    """Where the model came from: ``{"study": ..., "trial": ..., "checkpoint": ..., ...}``."""
-    training_config: dict[str, Any]
-    offline_metrics: dict[str, Any]
-    """``{"accuracy": ..., "per_class": {...}, ...}`` on the held-out test split."""
-    quantization: Literal["none", "dynamic", "static"]
-    gate: dict[str, Any]
-    """A passed :class:`~serving.gate_result.GateResult` (``"passed": true``) or an explicit
-    override (``{"override": reason, "passed": false}``); a manifest with neither is invalid,
-    so no version that skipped the gate silently is ever read, let alone served."""
-    input_schema: InputSchema
-    output_schema: OutputSchema
-
-    @pydantic.field_validator("gate")
-    @classmethod
-    def _gate_passed_or_overridden(cls, gate: dict[str, Any]) -> dict[str, Any]:
-        problem = gate_record_problem(gate)
-        if problem is not None:
-            raise ValueError(f"{problem}: a version needs a passed gate or an explicit override")
-        return gate
-
-    @property
-    def gate_overridden(self) -> bool:
-        """Registered without the gate, by an explicit override."""
-        return "override" in self.gate
 
 
 @dataclass(frozen=True)
@@ -244,8 +210,6 @@ class Registry:
         reference_profile: dict[str, Any],
         manifest_fields: dict[str, Any],
     ) -> ModelVersion:
-        from serving.model_card import render_model_card
-
         os.chmod(staging, 0o755)
         write_atomic(staging / MODEL_FILE, model_bytes)
         write_atomic(staging / PROFILE_FILE, to_json(reference_profile))
