@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
-from test_serving_export import accuracy_on_test_split, train_digits_mlp
 from torch import nn
 
 from serving.export import export_onnx
 from serving.gate import GateConfig, GateResult, ParityError, run_gate
 from serving.quantize import quantize_static_int8
+from tests.serving_models import accuracy_on_test_split, train_digits_mlp
 from train_loops.data import PreparedDataset
 from train_loops.models import ModelSpec, build_model
 

@@ -11,14 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from test_serving_monitoring_service import (
-    GOOD_WEIGHTS,
-    RecordingRecorder,
-    build_tiny_registry,
-    sample_rows,
-    sklearn_online,
-    true_labels,
-)
 
 from policies.rollback import AccuracyDropRule, RollbackPolicy
 from serving.cli_monitor import render_summary
@@ -30,6 +22,15 @@ from serving.monitoring.replica import ReplicaMonitor
 from serving.monitoring.service import MonitoringService
 from serving.registry import Registry
 from serving.serve_config import ServeConfig
+from tests.monitoring_helpers import (
+    CLASS_NAMES,
+    GOOD_WEIGHTS,
+    RecordingRecorder,
+    build_tiny_registry,
+    sample_rows,
+    sklearn_online,
+    true_labels,
+)
 
 TOKEN = "monitoring-admin-token-0123"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
@@ -301,10 +302,17 @@ def test_cli_reports_an_unreachable_service_in_one_line():
     assert result.output.startswith("trimtab: error: cannot reach http://127.0.0.1:9/monitoring/")
 
 
-def test_summary_is_plain_json(monitored):
-    monitored.predict(sample_rows(3, seed=7), "r")
+def test_summary_is_plain_json_and_counts_what_was_served(monitored):
+    rows = sample_rows(3, seed=7)
+    monitored.predict(rows, "r")
     monitored.replica.flush()
     summary = monitored.client.get("/monitoring/summary").json()
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary
     assert summary["canary"]["status"] == "idle"
-    assert GOOD_WEIGHTS.shape == (4, 3)
+    served = summary["versions"]["1"]
+    assert (served["requests"], served["rows"]) == (1, 3)
+    assert summary["labels"]["pending_predictions"] == 3
+    # The champion's class counts are what its weights predict for these rows.
+    predicted = np.bincount((rows @ GOOD_WEIGHTS).argmax(axis=1), minlength=len(CLASS_NAMES))
+    assert served["predicted_classes"] == dict(zip(CLASS_NAMES, predicted.tolist(), strict=True))
+    assert served["online"]["labeled"] == 0 and served["online"]["accuracy"] is None

@@ -9,7 +9,6 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import numpy_helper
-from test_serving_export import accuracy_on_test_split, train_digits_mlp
 
 from serving.export import export_onnx
 from serving.quantize import (
@@ -17,6 +16,7 @@ from serving.quantize import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
+from tests.serving_models import accuracy_on_test_split, train_digits_mlp
 from train_loops.data import PreparedDataset
 
 

@@ -10,13 +10,13 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from test_serving_export import accuracy_on_test_split, train_digits_mlp
 from torch import nn
 
 from search.cli import main
 from serving.gate import GateConfig, ParityError
 from serving.registry import Registry, RegistryError
 from serving.ship import ship
+from tests.serving_models import accuracy_on_test_split, train_digits_mlp
 from train_loops.data import PreparedDataset
 
 LINEAGE = {"study": "digits-clip", "trial": "trial_0007", "checkpoint": "runs/x/checkpoint_3"}
