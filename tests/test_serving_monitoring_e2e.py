@@ -1,10 +1,12 @@
 """Online monitoring on real Ray Serve (two replicas), over HTTP on 127.0.0.1.
 
-One Ray, one Serve application and one monitoring actor for the whole module; the tests run
-in file order and share the champion's windows: delayed labels first, then drift, then a bad
-canary that must be rolled back without a failed request. Models are real digits MLPs
-exported to ONNX; the reference profile is built from the training split, so the held-out
-(validation and test) rows are traffic the model has never seen from the same distribution.
+One Ray, one Serve application and one monitoring actor for the whole module. No test relies
+on another having run: a test that needs windows nobody else has filled gets a fresh champion
+version (``unlabeled_champion``), and the bad canary is rolled back by a module fixture
+(``rolled_back_canary``) that the canary test and the CLI test both ask for. Tests wait on
+observed state, never on a fixed sleep. Models are real digits MLPs exported to ONNX; the
+reference profile is built from the training split, so the held-out (validation and test) rows
+are traffic the model has never seen from the same distribution.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from local_processes import free_port
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from policies.rollback import AccuracyDropRule, RollbackPolicy
@@ -34,6 +35,8 @@ from serving.monitoring.metrics import expected_calibration_error
 from serving.registry import Registry, build_reference_profile
 from serving.serve_config import ServeConfig
 from serving.ship import offline_metrics
+from tests.local_processes import free_port
+from tests.waiting import wait_until
 from train_loops.data import PreparedDataset
 from train_loops.models import ModelSpec, build_model, fit_standardization
 
@@ -53,16 +56,6 @@ MONITORING = MonitoringConfig(
     slices=(FeatureRangeSlice("ink-centre", "pixel_36", low=8.0),),
     rollback=POLICY,
 )
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 # ----------------------------------------------------------------------------- models
@@ -128,13 +121,17 @@ def register(registry: Registry, model, digits: PreparedDataset, path: Path, nam
 
 
 @pytest.fixture(scope="module")
-def registry_root(digits: PreparedDataset, tmp_path_factory) -> Path:
+def good_model(digits: PreparedDataset) -> torch.nn.Module:
+    features, labels = digits.load("train")
+    return train_mlp(features, labels, 0)
+
+
+@pytest.fixture(scope="module")
+def registry_root(digits: PreparedDataset, good_model, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("monitoring") / "registry"
     registry = Registry(root)
     features, labels = digits.load("train")
-    champion = register(
-        registry, train_mlp(features, labels, 0), digits, root.parent / "good.onnx", "good"
-    )
+    champion = register(registry, good_model, digits, root.parent / "good.onnx", "good")
     shuffled = np.random.default_rng(0).permutation(labels)
     bad = register(
         registry, train_mlp(features, shuffled, 1), digits, root.parent / "bad.onnx", "bad"
@@ -191,6 +188,46 @@ def requests_seen(http: httpx.Client, version: int) -> int:
     return entry["requests"] if entry else 0
 
 
+def served_version(http: httpx.Client) -> int:
+    """The version the replica that answers serves (model metadata: not a monitored request)."""
+    response = http.get("/v2/models/digits")
+    assert response.status_code == 200, response.text
+    (version,) = response.json()["versions"]
+    return int(version)
+
+
+def serve_champion(http: httpx.Client, registry_root: Path, version: int) -> None:
+    """Point the champion alias at ``version`` and wait until every replica serves it: twenty
+    answers in a row from it (a replica still on the old version answers about every other
+    request)."""
+    Registry(registry_root).set_alias("champion", version)
+    wait_until(
+        lambda: all(served_version(http) == version for _ in range(20)),
+        60,
+        f"every replica to serve version {version}",
+    )
+
+
+@pytest.fixture()
+def unlabeled_champion(
+    http: httpx.Client, registry_root: Path, good_model, digits: PreparedDataset, tmp_path: Path
+) -> Iterator[int]:
+    """A copy of the good model registered as a new version and made the champion, so its
+    windows hold nothing but what the test sends; the champion alias goes back to version 1
+    afterwards."""
+    registry = Registry(registry_root)
+    version = register(registry, good_model, digits, tmp_path / "good-copy.onnx", "good copy")
+    serve_champion(http, registry_root, version)
+    try:
+        yield version
+    finally:
+        serve_champion(http, registry_root, 1)
+
+
+def online_of(http: httpx.Client, version: int) -> dict:
+    return summary(http)["versions"][str(version)]["online"]
+
+
 def scrape(service: Service, metric: str) -> dict[str, float]:
     """Every sample of ``ray_<metric>`` on the node's metrics port, keyed by its label text."""
     text = httpx.get(service.metrics_url, timeout=10).text
@@ -201,7 +238,10 @@ def scrape(service: Service, metric: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_shuffled_late_labels_give_the_offline_metrics(http, digits: PreparedDataset):
+def test_shuffled_late_labels_give_the_offline_metrics(
+    http, unlabeled_champion: int, digits: PreparedDataset
+):
+    version = unlabeled_champion
     features, labels = digits.load("test")
     features, labels = features[:200], labels[:200]
     # 100 single-row requests, then 25 of four rows; each with the client's request id.
@@ -230,13 +270,18 @@ def test_shuffled_late_labels_give_the_offline_metrics(http, digits: PreparedDat
         keys += [(f"multi-{request}", row) for row in range(4)]
         probabilities += softmax(logits).tolist()
     probabilities = np.asarray(probabilities)
-    wait_for(lambda: requests_seen(http, 1) == 125, 20, "the observations to reach the monitor")
+    wait_until(
+        lambda: requests_seen(http, version) == 125, 20, "the observations to reach the monitor"
+    )
 
     order = np.random.default_rng(1).permutation(200)
     label = lambda i: {"id": keys[i][0], "row": keys[i][1], "label": int(labels[i])}  # noqa: E731
     first = http.post("/labels", json={"labels": [label(i) for i in order[:120]]}).json()
     assert first["joined"] == 120
-    time.sleep(1.0)  # the rest arrive late (within the retention)
+    # The rest arrive later, once the first 120 are in the version's window.
+    wait_until(
+        lambda: online_of(http, version)["labeled"] == 120, 20, "the first labels in the window"
+    )
     for i in order[120:140]:
         assert http.post("/labels", json=label(i)).json()["joined"] == 1
     rest = [label(i) for i in order[140:]] + [label(order[0]), {"id": "never-made", "label": 3}]
@@ -251,7 +296,7 @@ def test_shuffled_late_labels_give_the_offline_metrics(http, digits: PreparedDat
         "invalid": 0,
     }
 
-    online = summary(http)["versions"]["1"]["online"]
+    online = online_of(http, version)
     predicted = probabilities.argmax(axis=1)
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predicted, average="macro", zero_division=0
@@ -294,7 +339,7 @@ def test_a_label_posted_right_after_its_prediction_is_joined(http, digits: Prepa
     # Joined at once when the label reaches the replica that answered (it ships its queue
     # first); held and joined within a flush interval when it reaches the other one.
     assert all(r["joined"] + r["pending"] == 1 for r in receipts), receipts
-    wait_for(
+    wait_until(
         lambda: summary(http)["labels"]["joined"] - before["joined"] == 20,
         10,
         "every label to join",
@@ -314,7 +359,7 @@ def test_held_out_rows_do_not_drift_and_inverted_digits_do(http, service, digits
     held_out = np.concatenate([validation, test])
     before = requests_seen(http, 1)
     post_rows(http, held_out, "held-out")
-    wait_for(lambda: requests_seen(http, 1) == before + 54, 20, "the held-out rows")
+    wait_until(lambda: requests_seen(http, 1) == before + 54, 20, "the held-out rows")
     response = http.get("/monitoring/summary")  # with the KS tests
     drift = response.json()["versions"]["1"]["drift"]
     assert drift["rows"] == MONITORING.window_size and drift["enough_rows"]
@@ -324,7 +369,7 @@ def test_held_out_rows_do_not_drift_and_inverted_digits_do(http, service, digits
 
     inverted = 16.0 - held_out[:300]  # white ink on black: the same digits, inverted
     post_rows(http, inverted, "inverted")
-    wait_for(lambda: requests_seen(http, 1) == before + 84, 20, "the inverted rows")
+    wait_until(lambda: requests_seen(http, 1) == before + 84, 20, "the inverted rows")
     drift = http.get("/monitoring/summary").json()["versions"]["1"]["drift"]
     assert drift["status"] == "alert" and drift["drifted_share"] > 0.5
     assert max(drift["feature_psi"].values()) > 0.25
@@ -335,7 +380,7 @@ def test_held_out_rows_do_not_drift_and_inverted_digits_do(http, service, digits
         ratio = scrape(service, "trimtab_drifted_features_ratio")
         return any('version="1"' in key and value > 0.5 for key, value in ratio.items())
 
-    wait_for(drift_exported, 60, "ray_trimtab_drifted_features_ratio on the metrics port")
+    wait_until(drift_exported, 60, "ray_trimtab_drifted_features_ratio on the metrics port")
     psi = scrape(service, "trimtab_feature_psi")
     assert sum(value > 0.25 for key, value in psi.items() if 'version="1"' in key) > 32
     requests = scrape(service, "trimtab_requests_total")
@@ -364,7 +409,7 @@ class LabeledLoad:
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> LabeledLoad:
         for number in range(self.clients):
@@ -398,7 +443,7 @@ class LabeledLoad:
                         error = response.text[:200]
                 except httpx.HTTPError as failure:
                     status, version, error = None, None, repr(failure)
-                with self._lock:
+                with self.lock:
                     self.outcomes.append(
                         Outcome(
                             request_id,
@@ -414,7 +459,7 @@ class LabeledLoad:
         sent = 0
         with httpx.Client(base_url=self.url, timeout=30.0) as client:
             while not self._stop.wait(0.3):
-                with self._lock:
+                with self.lock:
                     ready = [o for o in self.outcomes[sent:] if time.monotonic() - o.at > 0.3]
                 sent += len(ready)
                 batch = [{"id": o.request_id, "label": o.label} for o in ready if o.status == 200]
@@ -422,38 +467,83 @@ class LabeledLoad:
                     client.post("/labels", json={"labels": batch})
 
 
-def test_a_bad_canary_is_rolled_back_within_one_window_and_no_request_fails(http, service, digits):
+@dataclass
+class RolledBack:
+    """What the load saw around a bad canary's rollback."""
+
+    refused_without_token: int
+    started: dict
+    canary: dict
+    outcomes: list[Outcome]
+    switched_at: int
+    """Index in ``outcomes`` from which every replica answered with the champion."""
+
+
+SWITCHED_RUN = 40
+"""Answers in a row from the champion that show every replica has left the canary: a replica
+still splitting traffic sends each new request id to the canary with probability one half."""
+
+
+@pytest.fixture(scope="module")
+def rolled_back_canary(service: Service, digits: PreparedDataset) -> RolledBack:
+    """Version 2 (trained on shuffled labels) as a 50% canary under labeled load, until the
+    monitoring service rolls it back and every replica serves the champion again."""
     features, labels = digits.load("test")
-    refused = http.post("/admin/canary", json={"version": 2, "share": 0.5})
-    assert refused.status_code == 401
-    with LabeledLoad(service.url, features, labels) as load:
-        time.sleep(0.5)
+    with (
+        httpx.Client(base_url=service.url, timeout=30.0) as http,
+        LabeledLoad(service.url, features, labels) as load,
+    ):
+        refused = http.post("/admin/canary", json={"version": 2, "share": 0.5})
+        wait_until(lambda: len(load.outcomes) >= 10, 60, "the load to get answers")
         started = http.post("/admin/canary", json={"version": 2, "share": 0.5}, headers=ADMIN)
         assert started.status_code == 200, started.text
-        assert started.json()["status"] == "active"
-        canary = wait_for(
+        canary = wait_until(
             lambda: (state := summary(http)["canary"])["status"] != "active" and state,
             90,
             "the rollback",
         )
-        rolled_back_at = time.monotonic()
-        time.sleep(3.0)  # every replica learns within a flush interval (0.1 s); margin for load
+
+        def champion_run() -> tuple[int] | None:
+            """``(index,)`` where the newest run of SWITCHED_RUN champion answers starts."""
+            with load.lock:
+                tail = load.outcomes[-SWITCHED_RUN:]
+                if len(tail) == SWITCHED_RUN and all(o.version == 1 for o in tail):
+                    return (len(load.outcomes) - SWITCHED_RUN,)
+            return None
+
+        (switched_at,) = wait_until(champion_run, 60, "every replica to leave the canary")
+        # Keep the load on for as many answers again: none of them may reach the canary.
+        wait_until(
+            lambda: len(load.outcomes) >= switched_at + 2 * SWITCHED_RUN,
+            60,
+            "answers after the switch",
+        )
+    return RolledBack(refused.status_code, started.json(), canary, load.outcomes, switched_at)
+
+
+def test_a_bad_canary_is_rolled_back_within_one_window_and_no_request_fails(
+    http, service, rolled_back_canary: RolledBack
+):
+    result = rolled_back_canary
+    assert result.refused_without_token == 401
+    assert result.started["status"] == "active"
+    canary = result.canary
     assert canary["status"] == "rolled_back", canary
     assert "below the champion" in canary["reasons"][0]
     # Judged on at least min_samples and at most one window of the canary's labeled rows.
     assert POLICY.min_samples <= canary["labeled"] <= POLICY.window
 
-    failures = [o for o in load.outcomes if o.status != 200]
+    failures = [o for o in result.outcomes if o.status != 200]
     assert failures == [], failures[:5]
-    assert any(o.version == 2 for o in load.outcomes)  # the canary did serve
-    late = [o for o in load.outcomes if o.at > rolled_back_at + 1.5]
-    assert late and {o.version for o in late} == {1}
+    assert any(o.version == 2 for o in result.outcomes)  # the canary did serve
+    after = result.outcomes[result.switched_at :]
+    assert len(after) >= 2 * SWITCHED_RUN and {o.version for o in after} == {1}
 
     def rollback_exported() -> bool:
         counts = scrape(service, "trimtab_rollbacks_total")
         return any('version="2"' in key and value >= 1 for key, value in counts.items())
 
-    wait_for(rollback_exported, 60, "ray_trimtab_rollbacks_total on the metrics port")
+    wait_until(rollback_exported, 60, "ray_trimtab_rollbacks_total on the metrics port")
     assert Registry(service.config.registry).resolve("champion") == 1
     # The service's refusal reaches the client as its message, not Ray's task traceback.
     for method, path in (("DELETE", "/admin/canary"), ("POST", "/admin/canary/promote")):
@@ -461,7 +551,7 @@ def test_a_bad_canary_is_rolled_back_within_one_window_and_no_request_fails(http
         assert (refused.status_code, refused.json()) == (409, {"error": "no canary is running"})
 
 
-def test_cli_prints_the_summary(service):
+def test_cli_prints_the_summary(service, rolled_back_canary: RolledBack):
     from search.cli import main
 
     result = CliRunner().invoke(main, ["monitor", "--url", service.url, "--no-ks"])
