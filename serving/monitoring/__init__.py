@@ -7,7 +7,10 @@ Modules, one concept each:
 - :mod:`~serving.monitoring.drift`: PSI and KS against a version's reference profile;
 - :mod:`~serving.monitoring.labels`: the bounded store delayed labels join against;
 - :mod:`~serving.monitoring.metrics`: accuracy, macro P/R/F1 and ECE over a sliding window;
-- :mod:`~serving.monitoring.monitor`: :class:`Monitor`, all of the above per version;
+- :mod:`~serving.monitoring.records`: what the monitor takes in (:class:`Observation`,
+  :class:`LabelItem`, :class:`VersionReference`);
+- :mod:`~serving.monitoring.version_state`: one version's windows, summary and rollback input;
+- :mod:`~serving.monitoring.monitor`: :class:`Monitor`, all of the above for every version;
 - :mod:`~serving.monitoring.canary`: the traffic split and :class:`CanaryController`;
 - :mod:`~serving.monitoring.service`: :class:`MonitoringService`, monitor plus canary;
 - :mod:`~serving.monitoring.replica`: the observer, canary router and middleware of a replica;
@@ -26,7 +29,8 @@ from serving.monitoring.config import (
 )
 from serving.monitoring.drift import population_stability_index
 from serving.monitoring.metrics import classification_metrics, expected_calibration_error
-from serving.monitoring.monitor import LabelItem, Monitor, Observation, VersionReference
+from serving.monitoring.monitor import Monitor
+from serving.monitoring.records import LabelItem, Observation, VersionReference
 from serving.monitoring.service import MonitoringService
 
 __all__ = [

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from serving.monitoring.canary import CanaryError
-from serving.monitoring.monitor import LabelItem, Observation
+from serving.monitoring.records import LabelItem, Observation
 
 Routing = dict[str, Any] | None
 """The canary's ``{"version", "share"}``, or ``None`` without a canary."""

@@ -28,146 +28,20 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from policies.rollback import WindowStats
-from serving.monitoring.config import FeatureRangeSlice, MonitoringConfig, SliceSpec
-from serving.monitoring.drift import DriftWindow, ReferenceBins
+from serving.monitoring.config import MonitoringConfig
 from serving.monitoring.labels import LABEL_OUTCOMES, PredictionStore
-from serving.monitoring.metrics import LabeledRow, LabeledWindow
-from serving.registry import Registry
+from serving.monitoring.metrics import LabeledRow
+from serving.monitoring.records import LabelItem, Observation, VersionReference
+from serving.monitoring.version_state import VersionState, class_index
+
+__all__ = ["LabelItem", "Monitor", "Observation", "VersionReference"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One answered prediction request, as the observer hook reports it."""
-
-    request_id: str
-    version: int
-    features: np.ndarray
-    """``(rows, features)`` float32 inputs."""
-    probabilities: np.ndarray
-    """``(rows, classes)`` softmax outputs."""
-    latency_s: float
-
-
-@dataclass(frozen=True)
-class LabelItem:
-    """The true class of row ``row`` of request ``request_id``: a class index or name."""
-
-    request_id: str
-    label: int | str
-    row: int = 0
-
-
-@dataclass(frozen=True)
-class VersionReference:
-    """What the monitor needs to know about a version: its schema, reference profile and
-    offline accuracy."""
-
-    version: int
-    feature_names: tuple[str, ...]
-    class_names: tuple[str, ...]
-    profile: dict[str, Any] | None
-    offline_accuracy: float | None = None
-
-    @classmethod
-    def from_registry(cls, registry: Registry, version: int) -> VersionReference:
-        source = registry.get(version)
-        manifest = source.manifest
-        try:
-            profile = source.reference_profile()
-        except (OSError, ValueError) as error:
-            logger.error("version %d: no readable reference profile (%s)", version, error)
-            profile = None
-        accuracy = manifest.offline_metrics.get("accuracy")
-        return cls(
-            version,
-            tuple(manifest.input_schema.feature_names),
-            tuple(manifest.output_schema.class_names),
-            profile,
-            float(accuracy) if isinstance(accuracy, (int, float)) else None,
-        )
-
-    @staticmethod
-    def loader(registry: Registry) -> Callable[[int], VersionReference]:
-        return lambda version: VersionReference.from_registry(registry, version)
-
-
-class _Slicer:
-    """Turns feature rows into slice keys (only the keys are kept, never the values)."""
-
-    def __init__(self, specs: Sequence[SliceSpec], feature_names: Sequence[str]) -> None:
-        columns = {name: index for index, name in enumerate(feature_names)}
-        self._specs = []
-        for spec in specs:
-            if spec.feature not in columns:
-                logger.error("slice on unknown feature %r ignored", spec.feature)
-                continue
-            self._specs.append((spec, columns[spec.feature]))
-        self._seen_values: dict[str, set[str]] = {}
-
-    def keys(self, features: np.ndarray) -> list[tuple[str, ...]]:
-        if not self._specs:
-            return [()] * len(features)
-        per_spec = []
-        for spec, column in self._specs:
-            values = features[:, column]
-            if isinstance(spec, FeatureRangeSlice):
-                inside = (values >= spec.low) & (values < spec.high)
-                per_spec.append([spec.name if flag else None for flag in inside])
-            else:
-                seen = self._seen_values.setdefault(spec.feature, set())
-                keys = []
-                for value in values.tolist():
-                    key = f"{spec.feature}={value + 0.0:g}"  # + 0.0: -0.0 is 0
-                    if key not in seen and len(seen) >= spec.max_values:
-                        key = f"{spec.feature}=other"
-                    else:
-                        seen.add(key)
-                    keys.append(key)
-                per_spec.append(keys)
-        return [tuple(key for key in row if key is not None) for row in zip(*per_spec, strict=True)]
-
-
-class _VersionState:
-    def __init__(self, reference: VersionReference, config: MonitoringConfig) -> None:
-        self.reference = reference
-        self.class_index = {name: index for index, name in enumerate(reference.class_names)}
-        bins = None
-        if reference.profile is not None:
-            try:
-                bins = ReferenceBins.from_profile(
-                    reference.profile, reference.feature_names, len(reference.class_names)
-                )
-            except (KeyError, TypeError, ValueError) as error:
-                logger.error("version %d: drift off, bad profile: %s", reference.version, error)
-        self.drift = DriftWindow(
-            bins, len(reference.class_names), config.window_size, keep_values=config.ks_test
-        )
-        self.labeled = LabeledWindow(len(reference.class_names), config.window_size)
-        self.latencies: deque[float] = deque(maxlen=config.window_size)
-        self.slicer = _Slicer(config.slices, reference.feature_names)
-        self.requests = 0
-        self.rows = 0
-
-    def window_stats(self, last: int) -> WindowStats:
-        online = self.labeled.tail_metrics(last)
-        latencies = list(self.latencies)[-last:]
-        return WindowStats(
-            labeled=online["labeled"],
-            observed=min(self.drift.rows, last),
-            accuracy=online["accuracy"],
-            ece=online["ece"],
-            feature_psi=self.drift.feature_psi(),
-            p99_latency_s=float(np.quantile(latencies, 0.99)) if latencies else None,
-            offline_accuracy=self.reference.offline_accuracy,
-        )
 
 
 class Monitor:
@@ -190,7 +64,7 @@ class Monitor:
         self.config = config
         self._references = references
         self._lock = threading.RLock()
-        self._versions: OrderedDict[int, _VersionState] = OrderedDict()
+        self._versions: OrderedDict[int, VersionState] = OrderedDict()
         self._store = PredictionStore(config.retention_s, config.max_pending_predictions, clock)
         self._label_counts = dict.fromkeys((*LABEL_OUTCOMES, "invalid"), 0)
         self._queue: deque[Observation] = deque()
@@ -269,7 +143,7 @@ class Monitor:
                     self._ingest_version(state, version, group)
 
     def _ingest_version(
-        self, state: _VersionState, version: int, observations: list[Observation]
+        self, state: VersionState, version: int, observations: list[Observation]
     ) -> None:
         num_classes = state.labeled.num_classes
         num_features = len(state.reference.feature_names)
@@ -339,7 +213,7 @@ class Monitor:
         state = self._versions.get(prediction.version)
         if state is None:  # the version was dropped (max_versions) since
             return "late"
-        label = _class_index(item.label, state)
+        label = class_index(item.label, state)
         if label is None:
             prediction.labeled = False  # a corrected label may still come
             return "invalid"
@@ -374,38 +248,12 @@ class Monitor:
             return state.window_stats(last)
 
     def version_summary(self, version: int, *, include_ks: bool = True) -> dict[str, Any] | None:
+        """:meth:`VersionState.summary` of ``version``; None if it is not monitored."""
         with self._lock:
             state = self._versions.get(version)
             if state is None:
                 return None
-            config = self.config
-            latencies = np.asarray(state.latencies, dtype=np.float64)
-            drift = state.drift.report(
-                psi_warn=config.psi_warn,
-                psi_alert=config.psi_alert,
-                ks_alpha=config.ks_alpha,
-                min_rows=config.drift_rows_needed,
-                include_ks=include_ks,
-                ks_correction=config.ks_correction,
-            )
-            online = state.labeled.metrics()
-            online["enough_rows"] = online["labeled"] >= config.min_samples
-            online["offline_accuracy"] = state.reference.offline_accuracy
-            class_counts = state.drift.class_counts
-            return {
-                "version": version,
-                "requests": state.requests,
-                "rows": state.rows,
-                "window_rows": state.drift.rows,
-                "latency_s": _latency_quantiles(latencies),
-                "predicted_classes": {
-                    name: int(count)
-                    for name, count in zip(state.reference.class_names, class_counts, strict=True)
-                },
-                "drift": drift.to_dict(),
-                "online": online,
-                "slices": state.labeled.slice_metrics(),
-            }
+            return state.summary(self.config, include_ks=include_ks)
 
     def summary(self, *, include_ks: bool = True) -> dict[str, Any]:
         """Everything, per version, as plain JSON-able values."""
@@ -429,7 +277,7 @@ class Monitor:
 
     # ------------------------------------------------------------------ internals
 
-    def _state(self, version: int) -> _VersionState | None:
+    def _state(self, version: int) -> VersionState | None:
         state = self._versions.get(version)
         if state is not None:
             self._versions.move_to_end(version)
@@ -439,24 +287,8 @@ class Monitor:
         except Exception:
             logger.exception("cannot monitor version %d: no reference", version)
             return None
-        state = self._versions[version] = _VersionState(reference, self.config)
+        state = self._versions[version] = VersionState(reference, self.config)
         while len(self._versions) > self.config.max_versions:
             dropped, _ = self._versions.popitem(last=False)
             logger.info("no longer monitoring version %d", dropped)
         return state
-
-
-def _class_index(label: int | str, state: _VersionState) -> int | None:
-    num_classes = len(state.reference.class_names)
-    if isinstance(label, bool):
-        return None
-    if isinstance(label, int):
-        return label if 0 <= label < num_classes else None
-    return state.class_index.get(label)
-
-
-def _latency_quantiles(latencies: np.ndarray) -> dict[str, float | None]:
-    if len(latencies) == 0:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    p50, p90, p99 = np.quantile(latencies, [0.5, 0.9, 0.99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(latencies.max())}

@@ -29,8 +29,8 @@ from serving.inference import AliasMove, LoadedModel, ModelHolder, PredictionRec
 from serving.monitoring.canary import canary_fraction
 from serving.monitoring.client import MonitoringClient, Routing
 from serving.monitoring.config import MonitoringConfig
-from serving.monitoring.monitor import Observation
 from serving.monitoring.prom import MetricsRecorder, NullRecorder
+from serving.monitoring.records import Observation
 from serving.registry import Registry, RegistryError
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from serving.http_errors import ADMIN_ERRORS, ApiError, error_responses
 from serving.http_schemas import REQUEST_ID_PATTERN, StrictInt
 from serving.http_service import AdminOnly, Service
 from serving.monitoring.canary import CanaryError
-from serving.monitoring.monitor import LabelItem
+from serving.monitoring.records import LabelItem
 from serving.monitoring.replica import ReplicaMonitor
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,9 @@ from typing import Any
 
 from serving.monitoring.canary import CanaryController, CanaryError
 from serving.monitoring.config import MonitoringConfig
-from serving.monitoring.monitor import LabelItem, Monitor, Observation, VersionReference
+from serving.monitoring.monitor import Monitor
 from serving.monitoring.prom import MetricsRecorder, NullRecorder
+from serving.monitoring.records import LabelItem, Observation, VersionReference
 from serving.registry import Registry
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.monitoring.config import MonitoringConfig
-from serving.monitoring.monitor import LabelItem, Monitor, Observation, VersionReference
+from serving.monitoring.monitor import Monitor
+from serving.monitoring.records import LabelItem, Observation, VersionReference
 
 CHAMPION_VERSION = 1
 CANDIDATE_VERSION = 2
