@@ -91,8 +91,8 @@ def study_report(directory: str) -> None:
 def train(config: str, workers: int | None, name: str) -> None:
     """One training run of CONFIG's data, model and training settings with Ray Train."""
     from search.preflight import check_model
-    from search.ray_runtime import ensure_ray
     from train_loops.data import DataValidationError, prepare_dataset
+    from train_loops.ray_runtime import ensure_ray
     from train_loops.trainer import build_trainer
 
     spec = load_spec(config, {"training.num_workers": workers} if workers else None)
@@ -119,7 +119,7 @@ def train(config: str, workers: int | None, name: str) -> None:
 @click.option("--exit-after-samples", is_flag=True, help="Stop after the sample requests.")
 @click.option("--port", type=int, default=8000, show_default=True)
 def demo(storage: str, exit_after_samples: bool, port: int) -> None:
-    """The whole path on the embedded digits data: search → train → export → serve → predict."""
+    """The whole path on the embedded stress workload: search → train → export → serve → predict."""
     from search.console import log_to_file, quiet_console
     from search.demo import run_demo
 

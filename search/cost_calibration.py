@@ -203,7 +203,7 @@ def _calibrate_on_a_gpu_worker(spec: StudySpec, base: TrainConfig) -> CostCalibr
     """The driver has no GPU (a cluster's head): measure in a Ray task that has one."""
     import ray
 
-    from search.ray_runtime import ensure_ray
+    from train_loops.ray_runtime import ensure_ray
 
     ensure_ray()
     task = ray.remote(num_gpus=1)(calibrate)

@@ -47,7 +47,6 @@ from search.optuna_wiring import (
 )
 from search.preflight import check_model, nothing_left_if_refused, refusals
 from search.probe import ProbeResult, load_or_probe
-from search.ray_runtime import ensure_ray
 from search.resume import (
     ResumingOptunaSearch,
     reconcile,
@@ -60,6 +59,7 @@ from search.spec import StudySpec
 from search.trainable import trial_resources
 from train_loops.config import TrainConfig
 from train_loops.data import DataChangedError, PreparedDataset, prepare_dataset
+from train_loops.ray_runtime import ensure_ray
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import click
 
 from search.cli_commands import study_run
 from search.cli_errors import UserError
-from search.ray_runtime import attach_cluster
+from train_loops.ray_runtime import attach_cluster
 
 USAGE_NAME = "ray submit cluster.yaml search/submit.py --"
 

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -123,11 +124,19 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
+    from train_loops.ray_runtime import ensure_ray
+
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         scratch = Path(tempfile.mkdtemp(prefix="trimtab-serve-"))
         apply_ingress_environment(ingress, scratch)
-    ray.init(address=address)
+        # A replica behind HAProxy stays reachable this long after it is told to stop, so that
+        # load balancers on other nodes can deregister it (Serve's default: 30 s, which made
+        # Ctrl-C hang for 30 s and then warn). One node's HAProxy is reconfigured within a
+        # second, and late arrivals are retried on another replica (retry-on conn-failure).
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    ensure_ray(address=address, workers_share_driver_group=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our lines, not Serve's INFO
     # Ctrl-C and SIGTERM both end in the `finally` below, which stops Serve and Ray. SIGINT is
     # set explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -154,7 +163,11 @@ def serve(
     except KeyboardInterrupt:
         click.echo("stopping")
     finally:
-        ray_serve.shutdown()
+        # Our application only: on a cluster, Serve and its other applications stay up. Its
+        # replicas finish their in-flight requests first. A local Ray then goes with its
+        # controller and HAProxy; serve.shutdown() would instead wait on a controller that
+        # kills itself, and Ray prints that wait's failure to the terminal.
+        ray_serve.delete(config.app_name)
         if monitoring:
             from serving.monitoring.wiring import stop_monitoring_service
 
