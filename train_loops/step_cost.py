@@ -26,8 +26,8 @@ import torch
 from policies import ActivationCheckpointing, NoClipping, build_precision
 from train_loops.config import TrainConfig
 from train_loops.data import PreparedDataset
-from train_loops.loop import build_optimizer, train_step
 from train_loops.models import build_model, fit_standardization
+from train_loops.step import build_optimizer, train_step
 
 logger = logging.getLogger(__name__)
 
