@@ -126,7 +126,7 @@ def run_demo(
         f"== 1/5 study (studies/demo.yaml): {trials} trials ({how}) on a deep ReLU RNN that "
         "diverges, spikes or stalls for much of its search space =="
     )
-    result = _demo_study_class(Study)(spec, callbacks=[ProgressPrinter(trials)]).run()
+    result = Study(spec, callbacks=[ProgressPrinter(trials)]).run()
     click.echo(_study_counts(result.trials))
     if result.final_checkpoint is None:
         raise click.ClickException("the demo study found no feasible winner")
@@ -222,22 +222,6 @@ def run_demo(
             pass
     _shutdown(registry.root, port)
     return outcome
-
-
-def _demo_study_class(study: type) -> type:
-    """``Study`` whose final fit reports only when it checkpoints.
-
-    The trials report every 10 steps (their cost to target is counted at reports), but Ray
-    Train V2 takes at most one report per ~2 s (docs/benchmarks.md, "Train"): at that cadence
-    the 2-worker final fit spent about 80 s of its 95 s waiting in ``ray.train.report``.
-    """
-
-    class DemoStudy(study):  # type: ignore[misc, valid-type]
-        def final_fit(self, config: Any) -> Path:
-            every = max(config.report_every_steps, config.checkpoint_every_steps)
-            return super().final_fit(config.replace(report_every_steps=every))
-
-    return DemoStudy
 
 
 def unstable_count(trials: pd.DataFrame) -> int:

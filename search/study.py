@@ -235,10 +235,14 @@ class Study:
         from train_loops.trainer import build_trainer
 
         fit = self.spec.final_fit
+        # Nothing stops or prunes a final fit, so it reports only when it checkpoints: Ray
+        # Train V2 takes at most one report per ~2 s (docs/benchmarks.md, "Train"), and at the
+        # trials' cadence the demo's 2-worker fit spent 80 s of its 95 s waiting to report.
         config = config.replace(
             num_workers=fit.num_workers,
             epochs=fit.epochs or config.epochs,
             global_batch_size=_divisible(config.global_batch_size, fit.num_workers),
+            report_every_steps=max(config.report_every_steps, config.checkpoint_every_steps),
         )
         workers, epochs = fit.num_workers, config.epochs
         phase(logger, "final fit of the winner: %d workers, %d epochs ...", workers, epochs)
