@@ -4,7 +4,9 @@ Each replica loads the alias's version in its constructor (so Serve routes nothi
 before it can answer), follows the alias in a background task (the hot swap: see
 :mod:`serving.inference`), batches requests with ``@serve.batch`` and re-hashes the served
 file in ``check_health``: a file that no longer matches its manifest takes the replica out,
-and its replacement falls back to the previous version.
+and its replacement falls back to the previous version. A response leaves the replica in one
+socket write (:mod:`serving.http_write`), so a replica that dies mid-request leaves nothing a
+client could mistake for an answer, and HAProxy retries the request on another replica.
 
 Two ways in:
 
@@ -42,6 +44,7 @@ from serving.http_api import (
     extension_options,
     run_in_thread,
 )
+from serving.http_write import write_headers_with_body
 from serving.inference import LoadedModel, ModelHolder, ModelUnavailableError
 from serving.ingress import EDGE_CALLBACK
 from serving.registry import ModelVersion, Registry, RegistryError
@@ -60,6 +63,7 @@ class InferenceService:
     async def __init__(
         self, config: ServeConfig, extension: ServiceExtension | None = None
     ) -> None:
+        write_headers_with_body()  # before Serve starts this replica's own HTTP server
         self._config = config
         self._extension = extension
         self._holder = ModelHolder(

@@ -10,9 +10,6 @@
 - as the outermost layer of the FastAPI app itself (:func:`serving.http_api.create_http_app`),
   so the app under plain uvicorn or FastAPI's ``TestClient`` refuses the same requests.
 
-The status line and headers of a response are held until its first body message, so that
-both are written to the socket together.
-
 What it refuses, always with ``{"error": "..."}`` and ``connection: close`` (the rest of a
 refused body is never read):
 
@@ -147,23 +144,13 @@ class EdgeLimits:
         limit = self.config.max_body_bytes
         received = 0
         started = refused = False
-        held_start: Message | None = None
 
         async def guarded_send(message: Message) -> None:
-            nonlocal started, held_start
+            nonlocal started
             if refused:  # the app answers after the 413: drop it
                 return
             if message["type"] == "http.response.start":
                 started = True
-                held_start = message
-                return
-            if held_start is not None:
-                # The status line and headers leave with the first part of the body, back
-                # to back: a replica that dies between the two (Serve hands each message
-                # over from the app's thread) would leave the client headers and no body,
-                # and nothing in front of it could retry that.
-                start, held_start = held_start, None
-                await send(start)
             await send(message)
 
         async def limited_receive() -> Message:

@@ -124,6 +124,67 @@ def test_replicas_autoscaling_and_limits_reach_the_deployment(trained_registry_f
     )
 
 
+class RecordingTransport:
+    """The part of an asyncio transport uvicorn's response cycle uses; records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_response_leaves_the_replica_in_one_write():
+    """What a replica's HTTP server (uvicorn with httptools, as Serve runs it) writes: headers
+    and body together, so a replica that dies between the app's two ASGI messages leaves an
+    empty response, which HAProxy retries elsewhere."""
+    import asyncio
+    import logging
+
+    from uvicorn.protocols.http.flow_control import FlowControl
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from serving.http_write import write_headers_with_body
+
+    write_headers_with_body()
+    logger = logging.getLogger("uvicorn.error")
+
+    async def respond(method: str, body: bytes) -> RecordingTransport:
+        transport = RecordingTransport()
+        cycle = RequestResponseCycle(
+            {"type": "http", "method": method, "http_version": "1.1", "headers": []},  # type: ignore[arg-type]
+            transport,  # type: ignore[arg-type]
+            FlowControl(transport),  # type: ignore[arg-type]
+            logger,
+            logger,
+            access_log=False,
+            default_headers=[],
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=True,
+            on_response=lambda: None,
+        )
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+        await cycle.send({"type": "http.response.start", "status": 200, "headers": headers})
+        assert transport.writes == []  # held until the body
+        await cycle.send({"type": "http.response.body", "body": body})
+        return transport
+
+    post = asyncio.run(respond("POST", b'{"ok":true}'))
+    assert len(post.writes) == 1
+    assert post.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert post.writes[0].endswith(b'\r\n\r\n{"ok":true}')
+    head = asyncio.run(respond("HEAD", b""))  # no body is written: the headers still leave
+    assert len(head.writes) == 1 and head.writes[0].endswith(b"\r\n\r\n")
+
+
 # ----------------------------------------------------------------------------- real Serve
 
 
