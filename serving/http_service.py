@@ -4,6 +4,10 @@
 lives in ``app.state.service``; routes reach it through :data:`Service`. The request id
 comes from :data:`RequestIdHeader`, the admin check from :func:`require_admin_token`: one
 dependency each, shared by every router.
+
+Every dependency is ``async def``: none of them blocks, and FastAPI runs a plain ``def``
+dependency in a worker thread (a thread hop per dependency per request: about a tenth of a
+replica's CPU per request before, measured with py-spy; docs/benchmarks/serving.md).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the annotations of dependencies.
@@ -117,14 +121,14 @@ def parse_version(text: str) -> int | None:
     return int(text)
 
 
-def service(request: Request) -> ServiceState:
+async def service(request: Request) -> ServiceState:
     return request.app.state.service
 
 
 Service = Annotated[ServiceState, Depends(service)]
 
 
-def request_id_header(
+async def request_id_header(
     x_request_id: Annotated[
         str | None,
         Header(
@@ -145,7 +149,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def started_at() -> float:
+async def started_at() -> float:
     return time.perf_counter()
 
 
@@ -169,7 +173,7 @@ def answer_prediction(
 _bearer = HTTPBearer(auto_error=False, description="The admin token ($TRIMTAB_ADMIN_TOKEN).")
 
 
-def require_admin_token(
+async def require_admin_token(
     state: Service,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

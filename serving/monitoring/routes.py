@@ -109,7 +109,7 @@ class CanaryStateResponse(BaseModel):
     observed: int
 
 
-def replica_monitor(state: Service) -> ReplicaMonitor:
+async def replica_monitor(state: Service) -> ReplicaMonitor:
     observer = state.observer
     if not isinstance(observer, ReplicaMonitor):
         raise ApiError(503, "monitoring is not attached to this app")
