@@ -70,6 +70,19 @@ def _registered_steps(run_dir) -> list[float]:
     return sorted(r["metrics"]["step"] for r in results)
 
 
+def _complete_checkpoint_steps(run_dir) -> list[int]:
+    """Steps of the checkpoints on disk that load. One that is still being copied into the
+    run directory does not (a torn ``state.pt``); it is not registered either (Ray registers a
+    checkpoint after its upload), so it cannot be a resume point."""
+    steps = []
+    for directory in run_dir.glob("checkpoint_*"):
+        try:
+            steps.append(load_checkpoint(directory)["step"])
+        except (OSError, RuntimeError, EOFError):
+            continue
+    return steps
+
+
 def test_killed_worker_resumes_from_the_latest_registered_checkpoint(ray_session, digits, storage):
     from train_loops.trainer import build_trainer
 
@@ -96,7 +109,7 @@ def test_killed_worker_resumes_from_the_latest_registered_checkpoint(ray_session
         registered = _registered_steps(run_dir)
         time.sleep(0.1)
     assert len(registered) >= 2, "training never registered two checkpoints"
-    on_disk = max(load_checkpoint(p)["step"] for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    on_disk = max(_complete_checkpoint_steps(run_dir))
     victim = _train_worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
     fit.join(timeout=400)
