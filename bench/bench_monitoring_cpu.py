@@ -8,7 +8,7 @@ as CPU time per request, where noise from other processes barely reaches it:
   :class:`~serving.inference.ModelHolder` (onnxruntime, the digits MLP of ``bench_serving``);
 - ``hook``: the same with a prediction observer that does nothing;
 - ``on``: the app as Serve's replicas run it with monitoring: a
-  :class:`~serving.monitoring.replica.ReplicaMonitor` as observer and replica extension
+  :class:`~serving.monitoring.extension.MonitoringExtension` as observer and replica extension
   (canary chooser, status counts) and the monitoring routes, its service
   (:class:`~serving.monitoring.service.MonitoringService`) in this process, flushed every
   ``--flush-every`` requests, so the statistics (PSI/KS binning, label join store, the
@@ -57,7 +57,7 @@ def build_apps(registry_root: Path) -> tuple[dict, Callable[[], None]]:
     from serving.inference import ModelHolder
     from serving.monitoring.client import LocalServiceClient
     from serving.monitoring.config import MonitoringConfig
-    from serving.monitoring.replica import ReplicaMonitor
+    from serving.monitoring.extension import MonitoringExtension
     from serving.monitoring.service import MonitoringService
     from serving.registry import Registry
     from serving.serve_config import ServeConfig
@@ -65,7 +65,7 @@ def build_apps(registry_root: Path) -> tuple[dict, Callable[[], None]]:
     config = ServeConfig(registry=registry_root, admin_token=None)
     monitoring = MonitoringConfig(flush_interval_s=3600.0)  # flushed by hand, in the timed block
     service = MonitoringService(monitoring, registry_root, run_loop=False)
-    replica = ReplicaMonitor(LocalServiceClient(service), monitoring, registry_root)
+    replica = MonitoringExtension(LocalServiceClient(service), monitoring, registry_root)
 
     def holder() -> ModelHolder:
         made = ModelHolder(Registry(registry_root), "champion", intra_op_num_threads=1)

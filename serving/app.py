@@ -29,8 +29,10 @@ server. Overload: a replica works on ``max_ongoing_requests`` at once, Serve que
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+import httpx
 import numpy as np
 from fastapi import FastAPI
 from ray import serve
@@ -203,4 +205,25 @@ def run_service(config: ServeConfig, *, extension: ServiceExtension | None = Non
         route_prefix=config.route_prefix,
         blocking=False,
     )
+    wait_until_reachable(config.url)
     return config.url
+
+
+def wait_until_reachable(url: str, timeout_s: float = 90.0) -> bool:
+    """Poll ``url``'s readiness route until it answers 200; whether it did within ``timeout_s``.
+
+    ``serve.run`` returns once the replicas are up, but the ingress in front of them (HAProxy,
+    reconfigured by an actor that can be slow to report ready on a busy machine) may route
+    to them only seconds later; until then a request gets the fallback proxy's 404.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            logger.warning("%s did not answer /v2/health/ready within %.0f s", url, timeout_s)
+            return False
+        time.sleep(0.25)

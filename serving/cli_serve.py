@@ -129,12 +129,7 @@ def serve(
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         scratch = Path(tempfile.mkdtemp(prefix="trimtab-serve-"))
-        apply_ingress_environment(ingress, scratch)
-        # A replica behind HAProxy stays reachable this long after it is told to stop, so that
-        # load balancers on other nodes can deregister it (Serve's default: 30 s, which made
-        # Ctrl-C hang for 30 s and then warn). One node's HAProxy is reconfigured within a
-        # second, and late arrivals are retried on another replica (retry-on conn-failure).
-        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+        apply_ingress_environment(ingress, scratch)  # with a 2 s drain: a quick Ctrl-C
     ensure_ray(address=address, workers_share_driver_group=False, logging_level=logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our lines, not Serve's INFO
     # Ctrl-C and SIGTERM both end in the `finally` below, which stops Serve and Ray. SIGINT is

@@ -134,6 +134,12 @@ def ingress_environment(mode: IngressMode, scratch: Path | str) -> dict[str, str
             # request it dropped (``option redispatch``) goes to another one: with
             # ``leastconn`` the dead replica, holding no connections, would be picked again.
             RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT="1",
+            # A replica told to stop stays reachable this long, so that load balancers can
+            # deregister it before it refuses connections. Serve's default, 30 s, is sized for
+            # balancers on other nodes, and made every shutdown (Ctrl-C, the demo, each test
+            # module) wait 30 s; this node's HAProxy is reconfigured within a second, and a
+            # late arrival is refused at connect time and retried on another replica.
+            RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="2",
         )
     else:
         environment["RAY_SERVE_ENABLE_HA_PROXY"] = "0"

@@ -18,7 +18,7 @@ from serving.http_api import create_http_app, extension_options
 from serving.inference import ModelHolder
 from serving.monitoring.client import LocalServiceClient
 from serving.monitoring.config import FeatureRangeSlice, MonitoringConfig
-from serving.monitoring.replica import ReplicaMonitor
+from serving.monitoring.extension import MonitoringExtension
 from serving.monitoring.service import MonitoringService
 from serving.registry import Registry
 from serving.serve_config import ServeConfig
@@ -51,7 +51,7 @@ class Monitored:
         self.registry = Registry(root)
         self.service = MonitoringService(MONITORING, root, run_loop=False)
         self.recorder = RecordingRecorder()
-        self.replica = ReplicaMonitor(
+        self.replica = MonitoringExtension(
             client or LocalServiceClient(self.service), MONITORING, root, recorder=self.recorder
         )
         holder = ModelHolder(self.registry, "champion")

@@ -1,7 +1,8 @@
 """The replica side of monitoring: observe predictions, count statuses, split canary traffic.
 
-:class:`ReplicaMonitor` is the prediction observer of every replica and what monitoring adds
-to the app (:class:`serving.app.ServiceExtension`). ``observe`` only counts the status and
+:class:`ReplicaMonitor` is the prediction observer of every replica and, with the monitoring
+routes (:class:`serving.monitoring.extension.MonitoringExtension`), what monitoring adds to the
+app (:class:`serving.http_api.ServiceExtension`). ``observe`` only counts the status and
 appends the prediction to a bounded queue; a background thread wakes every
 ``flush_interval_s``, records the per-request Prometheus metrics, ships the observations to
 the monitoring service and gets back the canary's routing, loading the canary's model when it
@@ -21,7 +22,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +33,6 @@ from serving.monitoring.config import MonitoringConfig
 from serving.monitoring.prom import MetricsRecorder, NullRecorder
 from serving.monitoring.records import Observation
 from serving.registry import Registry, RegistryError
-
-if TYPE_CHECKING:
-    from fastapi import APIRouter
 
 logger = logging.getLogger(__name__)
 
@@ -147,16 +145,6 @@ class ReplicaMonitor:
     def chooser(self, holder: ModelHolder) -> CanaryChooser:
         """The replica's model chooser: the canary split over ``holder``."""
         return CanaryChooser(holder, self)
-
-    def routers(self) -> list[APIRouter]:
-        from serving.monitoring import routes
-
-        return [routes.router]
-
-    def admin_routers(self) -> list[APIRouter]:
-        from serving.monitoring import routes
-
-        return [routes.admin_router]
 
     async def alias_moved(self, move: AliasMove) -> None:
         """An admin route moved the served alias: a canary of that version has become the

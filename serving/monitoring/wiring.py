@@ -2,7 +2,7 @@
 
 :func:`run_monitored_service` is :func:`serving.app.run_service` with monitoring: it starts
 the monitoring service (one named, detached Ray actor per Serve application, taking no CPU),
-then deploys the inference service with a :class:`~serving.monitoring.replica.ReplicaMonitor`
+then deploys the inference service with a :class:`~serving.monitoring.extension.MonitoringExtension`
 as its :class:`serving.app.ServiceExtension`: the prediction observer, the canary's model
 chooser (:class:`~serving.monitoring.replica.CanaryChooser`) and the monitoring routes
 (:mod:`serving.monitoring.routes`).
@@ -26,8 +26,8 @@ from ray.serve import Application
 from serving.app import build_application, check_registry, run_service
 from serving.monitoring.client import ActorServiceClient
 from serving.monitoring.config import MonitoringConfig
+from serving.monitoring.extension import MonitoringExtension
 from serving.monitoring.prom import RayMetricsRecorder
-from serving.monitoring.replica import ReplicaMonitor
 from serving.monitoring.service import MonitoringService
 from serving.serve_config import ServeConfig
 
@@ -90,9 +90,9 @@ def check_slices(serve_config: ServeConfig, config: MonitoringConfig) -> None:
             )
 
 
-def replica_monitor(serve_config: ServeConfig, config: MonitoringConfig) -> ReplicaMonitor:
+def replica_monitor(serve_config: ServeConfig, config: MonitoringConfig) -> MonitoringExtension:
     """The extension every replica runs: it reaches the service by its actor name."""
-    return ReplicaMonitor(
+    return MonitoringExtension(
         ActorServiceClient(service_actor_name(serve_config), SERVICE_NAMESPACE),
         config,
         serve_config.registry.resolve(),
