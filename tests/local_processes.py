@@ -18,11 +18,20 @@ RAY_WORKER_PORTS = range(10002, 20000)
 
 def ephemeral_port() -> int:
     """A port the kernel says is free now (from its ephemeral range, above Ray's)."""
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    assert port not in RAY_WORKER_PORTS, port
-    return port
+    return ephemeral_ports(1)[0]
+
+
+def ephemeral_ports(count: int) -> list[int]:
+    """``count`` distinct ports the kernel says are free now. All are held bound until the last
+    is picked: one at a time, the kernel may hand out the same port twice (it did, to two
+    components of one Ray head)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("", 0))
+        ports = [probe.getsockname()[1] for probe in probes]
+    assert not set(ports) & set(RAY_WORKER_PORTS), ports
+    return ports
 
 
 def free_port(start: int = 20000) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_processes import MARKER, ephemeral_port, marked, stop_marked
+from local_processes import MARKER, ephemeral_ports, marked, stop_marked
 
 pytestmark = pytest.mark.slow
 
@@ -175,18 +175,13 @@ def local_cluster() -> Iterator[LocalCluster]:
     marker = uuid.uuid4().hex
     home = temp / "home"
     _write_head_home(home)
-    gcs_port = ephemeral_port()
-    ports = {
-        "--port": gcs_port,
-        "--dashboard-port": ephemeral_port(),  # checked for conflicts even with no dashboard
-        "--dashboard-agent-listen-port": ephemeral_port(),
-        "--dashboard-agent-grpc-port": ephemeral_port(),
-        "--ray-client-server-port": ephemeral_port(),
-        "--runtime-env-agent-port": ephemeral_port(),
-        "--metrics-export-port": ephemeral_port(),
-        "--node-manager-port": ephemeral_port(),
-        "--object-manager-port": ephemeral_port(),
-    }
+    # --dashboard-port is checked for conflicts even with no dashboard.
+    flags = ["--port", "--dashboard-port", "--dashboard-agent-listen-port"]
+    flags += ["--dashboard-agent-grpc-port", "--ray-client-server-port"]
+    flags += ["--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port"]
+    flags += ["--object-manager-port"]
+    ports = dict(zip(flags, ephemeral_ports(len(flags)), strict=True))
+    gcs_port = ports["--port"]
     head_start = " ".join(
         [
             "RAY_AUTH_MODE=disabled RAY_raylet_start_wait_time_s=120 ray start --head",

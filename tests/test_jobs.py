@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_processes import MARKER, ephemeral_port, marked, stop_marked
+from local_processes import MARKER, ephemeral_ports, marked, stop_marked
 
 pytestmark = pytest.mark.slow
 
@@ -46,18 +46,12 @@ def ray_head() -> Iterator[str]:
             "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         }
     )
-    dashboard_port = ephemeral_port()
-    ports = {
-        "--port": ephemeral_port(),
-        "--dashboard-port": dashboard_port,
-        "--dashboard-agent-listen-port": ephemeral_port(),
-        "--dashboard-agent-grpc-port": ephemeral_port(),
-        "--ray-client-server-port": ephemeral_port(),
-        "--runtime-env-agent-port": ephemeral_port(),
-        "--metrics-export-port": ephemeral_port(),
-        "--node-manager-port": ephemeral_port(),
-        "--object-manager-port": ephemeral_port(),
-    }
+    flags = ["--port", "--dashboard-port", "--dashboard-agent-listen-port"]
+    flags += ["--dashboard-agent-grpc-port", "--ray-client-server-port"]
+    flags += ["--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port"]
+    flags += ["--object-manager-port"]
+    ports = dict(zip(flags, ephemeral_ports(len(flags)), strict=True))
+    dashboard_port = ports["--dashboard-port"]
     command = [
         str(VENV_BIN / "ray"),
         "start",
