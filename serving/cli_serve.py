@@ -162,7 +162,10 @@ def serve(
         # replicas finish their in-flight requests first. A local Ray then goes with its
         # controller and HAProxy; serve.shutdown() would instead wait on a controller that
         # kills itself, and Ray prints that wait's failure to the terminal.
-        ray_serve.delete(config.app_name)
+        try:
+            ray_serve.delete(config.app_name)
+        except Exception as error:  # Serve never started: nothing to delete; keep the cause
+            click.echo(f"serve: nothing to stop ({error.__class__.__name__})", err=True)
         if monitoring:
             from serving.monitoring.wiring import stop_monitoring_service
 
