@@ -59,7 +59,11 @@ class KneePoint:
         _check(front)
         points = sorted(front, key=lambda c: (c.instability, c.cost))
         if len(points) <= 2:
-            return Selection(points[0].key, "most stable point of a front of <= 2 points")
+            return Selection(
+                points[0].key,
+                f"most stable point of the (instability, cost) front: {len(points)} "
+                f"point{'s' if len(points) > 1 else ''}, too few for a knee",
+            )
         lo_i, hi_i = points[0].instability, points[-1].instability
         costs = [c.cost for c in points]
         lo_c, hi_c = min(costs), max(costs)

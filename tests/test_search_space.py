@@ -98,6 +98,18 @@ def test_selection_policies():
         CheapestWithin(-1)
 
 
+def test_a_front_too_small_for_a_knee_gives_its_most_stable_point_and_its_size():
+    two = [Candidate("cheap", 0.3, 1.0), Candidate("stable", 0.0, 5.0)]
+    selection = KneePoint()(two)
+    assert selection.key == "stable"
+    assert selection.reason == (
+        "most stable point of the (instability, cost) front: 2 points, too few for a knee"
+    )
+    assert KneePoint()([Candidate("only", 0.2, 3.0)]).reason.endswith(
+        ": 1 point, too few for a knee"
+    )
+
+
 def test_lower_validation_loss_wins_within_tolerance_and_says_so():
     candidates = [
         Candidate("stable", 0.0, 10.0, val_loss=0.30),
