@@ -1,4 +1,8 @@
-"""train_loops on real Ray Train: 2-worker DDP accuracy, and a worker killed mid-run."""
+"""train_loops on real Ray Train: 2-worker DDP accuracy, and a worker killed mid-run.
+
+Ray Train V2's ``fit()`` raises the run's error itself (``TrainingFailedError``), so a test that
+gets a ``Result`` back has a run that ended well; ``result.error`` is always ``None`` there.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,6 @@ def test_two_worker_ddp_reaches_95_percent_with_complete_reports(ray_session, di
         checkpoint_every_steps=40,
     )
     result = build_trainer(config, storage_path=storage, name="ddp").fit()
-    assert result.error is None
     history = result.metrics_dataframe
     assert len(history) >= 2  # V2 keeps the reports that carried a checkpoint
     for key in REPORTED_METRICS:
@@ -115,7 +118,6 @@ def test_killed_worker_resumes_from_the_latest_registered_checkpoint(ray_session
     fit.join(timeout=400)
     assert not fit.is_alive()
     result = outcome["result"]
-    assert result.error is None
     final = result.metrics
     assert final["step"] == final["steps_planned"]
     resumed_from = final["resumed_from_step"]
@@ -160,7 +162,6 @@ def test_two_workers_rewind_together_on_one_ranks_corrupt_block(ray_session, dig
         torch_config=TorchConfig(backend="gloo"),
     )
     result = trainer.fit()
-    assert result.error is None
     final = result.metrics
     print(
         f"\n2 workers, corrupt block on rank 1: {final['rewinds']:.0f} rewinds, "
