@@ -40,9 +40,10 @@ EDGE_CALLBACK = "serving.http_edge:serve_middlewares"
 
 HAPROXY_RETRY_ON = "conn-failure empty-response response-timeout"
 """What HAProxy retries on another replica: a refused connection, and a replica that died
-or hung before answering. Every route we serve is safe to replay (inference is a pure
-function of the body; admin moves are idempotent); HAProxy only replays requests that fit
-in its buffer (``tune.bufsize``)."""
+or hung before answering. Inference is a pure function of the body, safe to replay; HAProxy
+only replays requests that fit in its buffer (``tune.bufsize``). Ray's template sets this for
+every route, admin moves included: a promote or rollback without a version that a replica
+carried out just before dying would be carried out again on another one."""
 
 HAPROXY_BUFFER_REQUEST = "option http-buffer-request"
 """Make HAProxy wait for the whole request body (up to its buffer) before it picks a replica.
