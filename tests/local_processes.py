@@ -34,6 +34,26 @@ def ephemeral_ports(count: int) -> list[int]:
     return ports
 
 
+RAY_HEAD_PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",  # checked for conflicts even with no dashboard
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--ray-client-server-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+"""Every port ``ray start --head`` opens: a test's own head must not take Ray's defaults."""
+
+
+def ray_head_ports() -> dict[str, int]:
+    """A distinct free port for each of :data:`RAY_HEAD_PORT_FLAGS`, flag to port."""
+    flags = RAY_HEAD_PORT_FLAGS
+    return dict(zip(flags, ephemeral_ports(len(flags)), strict=True))
+
+
 def free_port(start: int = 20000) -> int:
     """The first free TCP port on 127.0.0.1 at or above ``start`` (outside Ray's 10002-19999)."""
     for port in range(start, 40000):

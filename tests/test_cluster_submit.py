@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_processes import MARKER, ephemeral_ports, marked, stop_marked
+from local_processes import MARKER, marked, ray_head_ports, stop_marked
 
 pytestmark = pytest.mark.slow
 
@@ -175,12 +175,7 @@ def local_cluster() -> Iterator[LocalCluster]:
     marker = uuid.uuid4().hex
     home = temp / "home"
     _write_head_home(home)
-    # --dashboard-port is checked for conflicts even with no dashboard.
-    flags = ["--port", "--dashboard-port", "--dashboard-agent-listen-port"]
-    flags += ["--dashboard-agent-grpc-port", "--ray-client-server-port"]
-    flags += ["--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port"]
-    flags += ["--object-manager-port"]
-    ports = dict(zip(flags, ephemeral_ports(len(flags)), strict=True))
+    ports = ray_head_ports()
     gcs_port = ports["--port"]
     head_start = " ".join(
         [

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_processes import MARKER, ephemeral_ports, marked, stop_marked
+from local_processes import MARKER, marked, ray_head_ports, stop_marked
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +46,7 @@ def ray_head() -> Iterator[str]:
             "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         }
     )
-    flags = ["--port", "--dashboard-port", "--dashboard-agent-listen-port"]
-    flags += ["--dashboard-agent-grpc-port", "--ray-client-server-port"]
-    flags += ["--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port"]
-    flags += ["--object-manager-port"]
-    ports = dict(zip(flags, ephemeral_ports(len(flags)), strict=True))
+    ports = ray_head_ports()
     dashboard_port = ports["--dashboard-port"]
     command = [
         str(VENV_BIN / "ray"),
